@@ -1,0 +1,1 @@
+"""duogen.model"""

@@ -1,0 +1,60 @@
+"""Named configurations: `duogen-7b-2b` (production, DESIGN.md section 3) and `tiny` (CPU tests, seconds)."""
+
+from __future__ import annotations
+
+from .config import ConnectorConfig, DiTConfig, DuoGenConfig, FlowConfig, MLLMConfig, VAEConfig
+
+
+def production() -> DuoGenConfig:
+    """Qwen2.5-VL-7B-Instruct + Cosmos-Predict2.5-2B + Wan2.1 VAE, exactly the released sizes."""
+    return DuoGenConfig(name="duogen-7b-2b")
+
+
+def tiny() -> DuoGenConfig:
+    """Same classes, small sizes: builds in well under a second and runs on one CPU core."""
+    mllm = MLLMConfig(
+        vocab_size=288,  # 256 byte tokens + Qwen's specials + <BOV>, rounded up
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        mrope_section=(2, 3, 3),
+        vision_depth=2,
+        vision_hidden_size=32,
+        vision_intermediate_size=64,
+        vision_num_heads=2,
+        vision_fullatt_block_indexes=(1,),
+        max_context=4096,
+    )
+    connector = ConnectorConfig(num_layers=2, layer_width=64, out_channels=32)
+    dit = DiTConfig(
+        num_attention_heads=2,
+        attention_head_dim=32,
+        num_layers=2,
+        text_embed_dim=32,
+        adaln_lora_dim=16,
+        max_size=(128, 240, 240),
+        crossattn_proj_in_channels=connector.in_channels,
+        encoder_hidden_states_channels=32,
+        max_frames=12,
+    )
+    vae = VAEConfig(
+        base_dim=8,
+        dim_mult=(1, 2, 4, 4),
+        num_res_blocks=1,
+        latents_mean=(0.0,) * 16,
+        latents_std=(1.0,) * 16,
+    )
+    flow = FlowConfig(num_inference_steps=8, guidance_scale=3.0)
+    return DuoGenConfig(name="tiny", mllm=mllm, connector=connector, dit=dit, vae=vae, flow=flow)
+
+
+PRESETS = {"tiny": tiny, "duogen-7b-2b": production}
+
+
+def get_preset(name: str) -> DuoGenConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
