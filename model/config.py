@@ -122,7 +122,7 @@ class VAEConfig:
     )  # fmt: skip
 
     def diffusers_kwargs(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 @dataclass

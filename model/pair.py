@@ -1,0 +1,85 @@
+"""The DuoGen pair: MLLM + connector + DiT + VAE, saved to and loaded from one directory.
+
+Layout of a saved pair:
+    duogen_config.json   the whole `DuoGenConfig`
+    mllm/                Qwen2.5-VL (transformers layout) + tokenizer + image processor
+    dit/                 diffusers `CosmosTransformer3DModel` layout; the connector is its `crossattn_proj.*`
+    vae/                 diffusers `AutoencoderKLWan` layout
+so each part also opens with its own library.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .chat import EncodedConversation, last_text_chunk_mask
+from .config import DuoGenConfig
+from .connector import stack_layers
+from .dit import DuoGenDiT
+from .errors import DuoGenInputError
+from .flow import drop_last_text_chunk
+from .mllm import DuoGenMLLM
+from .vae import DuoGenVAE
+
+CONFIG_NAME = "duogen_config.json"
+
+
+class DuoGenPair(nn.Module):
+    def __init__(self, config: DuoGenConfig, mllm: DuoGenMLLM, dit: DuoGenDiT, vae: DuoGenVAE) -> None:
+        super().__init__()
+        self.config = config
+        self.mllm = mllm
+        self.dit = dit
+        self.vae = vae
+
+    @classmethod
+    def build(cls, config: DuoGenConfig, seed: int = 0) -> DuoGenPair:
+        """Randomly initialised pair (fully offline); the global RNG is left as it was."""
+        mllm = DuoGenMLLM.build(config.mllm, seed=seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            dit = DuoGenDiT(config.dit)
+            vae = DuoGenVAE(config.vae)
+        return cls(config, mllm, dit.eval(), vae.eval())
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.config.save(path / CONFIG_NAME)
+        self.mllm.save_pretrained(path / "mllm")
+        self.dit.save_pretrained(path / "dit")
+        self.vae.save_pretrained(path / "vae")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> DuoGenPair:
+        path = Path(path)
+        if not (path / CONFIG_NAME).exists():
+            raise DuoGenInputError(f"{path} is not a saved DuoGen pair: {CONFIG_NAME} is missing")
+        config = DuoGenConfig.load(path / CONFIG_NAME)
+        mllm = DuoGenMLLM.from_pretrained(path / "mllm", config.mllm)
+        dit = DuoGenDiT.from_pretrained(path / "dit", config.dit)
+        vae = DuoGenVAE.from_pretrained(path / "vae", config.vae)
+        return cls(config, mllm, dit.eval(), vae.eval())
+
+    @property
+    def pixel_multiple(self) -> int:
+        """Image sides must be multiples of this: VAE compression x DiT patch."""
+        return self.vae.compression * self.config.dit.patch_size[1]
+
+    def text_streams(
+        self, encoded: EncodedConversation, upto: int, layer_states: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The DiT's text stream for an image whose `<BOV>` sits at `upto`, and its CFG negative.
+
+        Stream: every decoder layer's hidden states of the tokens before `<BOV>`, each layer normalised and
+        all concatenated (the connector's input). Negative: the same without the last text chunk.
+        `layer_states` [num_layers, >= upto, hidden] can be passed when the caller already has them.
+        """
+        if layer_states is None:
+            layer_states = self.mllm.layer_hidden_states(encoded, positions=range(upto))
+        stream = stack_layers(layer_states[:, :upto], eps=self.config.connector.norm_eps)
+        negative = drop_last_text_chunk(stream, last_text_chunk_mask(encoded.chunk_ids, upto))
+        return stream, negative

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up DuoGen in ./.venv with one resolve for the whole environment (constraints.txt pins torch to the
+# CPU wheel; an unpinned torch would pull a multi-GB CUDA build). `scripts/install.sh dev` adds test tools.
+# Idempotent: a second run only checks that everything is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras=""
+[ "${1:-}" = "dev" ] && extras="[dev]"
+python=${PYTHON:-python3}
+# This machine kind keeps the CPU torch wheel on disk; PyPI's Linux torch wheel of the same version is CUDA.
+links=()
+[ -d /opt/wheels ] && links=(--find-links /opt/wheels)
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt "pip>=24"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt "${links[@]}" -e ".${extras}"
