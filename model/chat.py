@@ -203,7 +203,8 @@ def encode_conversation(
     vision token (start, pads, end) are IGNORE_INDEX; assistant text, `<BOV>` and the assistant `<|im_end|>`
     are in the loss. Chunks: a new text chunk starts at every system/user turn and right after every image
     (ids 0, 1, 2, ... along the sequence); an assistant turn continues the chunk of the request it answers, so
-    the CFG negative of an image drawn straight away drops the request, not just a turn header; image k's vision tokens are a chunk of their own, id -(k + 1), so the
+    the CFG negative of an image drawn straight away drops the request, not just a turn header;
+    image k's vision tokens are a chunk of their own, id -(k + 1), so the
     ids alone tell text from image. `<BOV>` joins the text chunk before it. User text is encoded with
     special tokens split, so a literal "<BOV>" typed by a user stays plain text.
     """

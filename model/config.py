@@ -22,7 +22,9 @@ def _from_dict(cls, data: dict[str, Any]):
     for f in dataclasses.fields(cls):
         if f.name in data:
             value = data[f.name]
-            kwargs[f.name] = tuple(value) if isinstance(value, list) and str(f.type).startswith("tuple") else value
+            kwargs[f.name] = (
+                tuple(value) if isinstance(value, list) and str(f.type).startswith("tuple") else value
+            )
     return cls(**kwargs)
 
 
@@ -160,15 +162,22 @@ class DuoGenConfig:
                 f"connector reads {c.num_layers} layers x {c.layer_width} but the MLLM has "
                 f"{m.num_hidden_layers} x {m.hidden_size}"
             )
-        if d.crossattn_proj_in_channels != c.in_channels or d.encoder_hidden_states_channels != c.out_channels:
+        if (
+            d.crossattn_proj_in_channels != c.in_channels
+            or d.encoder_hidden_states_channels != c.out_channels
+        ):
             raise ValueError(
                 f"DiT crossattn_proj is {d.crossattn_proj_in_channels}->{d.encoder_hidden_states_channels}, "
                 f"connector is {c.in_channels}->{c.out_channels}"
             )
         if d.text_embed_dim != d.encoder_hidden_states_channels:
-            raise ValueError("DiT text_embed_dim must equal encoder_hidden_states_channels (the connector output)")
+            raise ValueError(
+                "DiT text_embed_dim must equal encoder_hidden_states_channels (the connector output)"
+            )
         if d.in_channels != self.vae.z_dim + 1 or d.out_channels != self.vae.z_dim:
-            raise ValueError(f"DiT channels {d.in_channels}/{d.out_channels} do not fit VAE z_dim {self.vae.z_dim}")
+            raise ValueError(
+                f"DiT channels {d.in_channels}/{d.out_channels} do not fit VAE z_dim {self.vae.z_dim}"
+            )
         if sum(m.mrope_section) * 2 != m.hidden_size // m.num_attention_heads:
             raise ValueError("MLLM mrope_section must sum to head_dim / 2")
 

@@ -25,7 +25,8 @@ def _install_padding_mask_resize() -> None:
         return F.interpolate(x, size=list(size), mode="nearest")
 
     transformer_cosmos.transforms = types.SimpleNamespace(
-        functional=types.SimpleNamespace(resize=resize), InterpolationMode=types.SimpleNamespace(NEAREST="nearest")
+        functional=types.SimpleNamespace(resize=resize),
+        InterpolationMode=types.SimpleNamespace(NEAREST="nearest"),
     )
 
 

@@ -29,7 +29,9 @@ WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 def timestep_embedding(sigmas: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding as diffusers' `Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)`."""
     half = dim // 2
-    exponent = -torch.log(torch.tensor(10000.0)) * torch.arange(half, dtype=torch.float32, device=sigmas.device)
+    exponent = -torch.log(torch.tensor(10000.0)) * torch.arange(
+        half, dtype=torch.float32, device=sigmas.device
+    )
     emb = sigmas[:, None].float() * torch.exp(exponent / half)[None, :]
     return torch.cat([torch.cos(emb), torch.sin(emb)], dim=-1)
 
@@ -120,9 +122,13 @@ class Attention(nn.Module):
         return self.to_out[0](o.flatten(-2))
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """[B, N, H, d] layout in and out."""
-    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    o = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+    )
     return o.transpose(1, 2)
 
 
@@ -169,7 +175,14 @@ class _Context:
     """What every block needs about the pack: token->frame broadcast and sample-restricted attention."""
 
     def __init__(self, pack: Pack, temb, embedded, text, cos, sin) -> None:
-        self.pack, self.temb, self.embedded, self.text, self.cos, self.sin = pack, temb, embedded, text, cos, sin
+        self.pack, self.temb, self.embedded, self.text, self.cos, self.sin = (
+            pack,
+            temb,
+            embedded,
+            text,
+            cos,
+            sin,
+        )
         counts = pack.frame_token_counts()
         self._same_frame_size = len(set(counts)) == 1
         self._frame_tokens = counts[0]
@@ -183,7 +196,9 @@ class _Context:
     def self_attention(self, q, k, v) -> torch.Tensor:
         s = self.pack.num_samples
         if self.pack.uniform:
-            return _sdpa(q.unflatten(0, (s, -1)), k.unflatten(0, (s, -1)), v.unflatten(0, (s, -1))).flatten(0, 1)
+            return _sdpa(q.unflatten(0, (s, -1)), k.unflatten(0, (s, -1)), v.unflatten(0, (s, -1))).flatten(
+                0, 1
+            )
         outs = [
             _sdpa(qs[None], ks[None], vs[None])[0]
             for qs, ks, vs in zip(*(t.split(self.pack.sample_tokens) for t in (q, k, v)), strict=True)
@@ -219,7 +234,9 @@ class DuoGenDiT(nn.Module):
         self.norm_out = AdaLNModulation(d, cfg.adaln_lora_dim, 2)
         self.proj_out = nn.Linear(d, p * cfg.out_channels, bias=False)
         if cfg.use_crossattn_projection:
-            self.crossattn_proj = Connector(cfg.crossattn_proj_in_channels, cfg.encoder_hidden_states_channels)
+            self.crossattn_proj = Connector(
+                cfg.crossattn_proj_in_channels, cfg.encoder_hidden_states_channels
+            )
         self.rope = CosmosRope3D(cfg.attention_head_dim, cfg.rope_scale)
         self.gradient_checkpointing = False
 
@@ -247,7 +264,7 @@ class DuoGenDiT(nn.Module):
 
     # --- weights -------------------------------------------------------------------------------------------
     def load_diffusers_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load a `CosmosTransformer3DModel` (Predict-2.5 layout) state dict; names every mismatching tensor."""
+        """Load a diffusers `CosmosTransformer3DModel` (Predict-2.5) state dict; names mismatching tensors."""
         own = self.state_dict()
         missing = sorted(set(own) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(own))
@@ -265,7 +282,7 @@ class DuoGenDiT(nn.Module):
         self.load_state_dict(state_dict, strict=True)
 
     def save_pretrained(self, path: str | Path) -> None:
-        """diffusers' layout (config.json + safetensors): `CosmosTransformer3DModel.from_pretrained` reads it."""
+        """diffusers' layout (config.json + safetensors), so `CosmosTransformer3DModel` loads it too."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         config = {"_class_name": "CosmosTransformer3DModel", **self.config.diffusers_kwargs()}
@@ -279,7 +296,9 @@ class DuoGenDiT(nn.Module):
         if cfg is None:
             raw = json.loads((path / "config.json").read_text())
             fields = DiTConfig.__dataclass_fields__
-            cfg = DiTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields})
+            cfg = DiTConfig(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields}
+            )
         model = cls(cfg)
         model.load_diffusers_state_dict(load_file(str(path / WEIGHTS_NAME)))
         return model

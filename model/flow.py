@@ -78,7 +78,9 @@ def make_scheduler(name: str, shift: float):
     if name == "euler":
         return FlowMatchEulerDiscreteScheduler(shift=shift)
     if name == "unipc":
-        return UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift)
+        return UniPCMultistepScheduler(
+            use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift
+        )
     raise DuoGenInputError(f"unknown sampler {name!r}; use 'euler' or 'unipc'")
 
 

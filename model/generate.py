@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from .chat import append_image, append_tokens
+from .chat import ImagePart, append_image, append_tokens, to_turns
 from .flow import sample_latent
 from .pair import DuoGenPair
 from .vae import fit_to_multiple
@@ -85,9 +85,11 @@ def generate(pair: DuoGenPair, conversation, options: GenerationOptions | None =
     )  # fmt: skip
     generator = torch.Generator().manual_seed(opts.seed)
     multiple = pair.pixel_multiple
-    enc = mllm.encode(conversation, add_generation_prompt=True)
-    latents = [pair.vae.encode_image(img, multiple) for img in enc.images]
-    last_size = enc.images[-1].size if enc.images else opts.image_size
+    turns = to_turns(conversation)
+    enc = mllm.encode(turns, add_generation_prompt=True)
+    given = [p.image for t in turns for p in t.parts if isinstance(p, ImagePart)]  # full size, not the MLLM's
+    latents = [pair.vae.encode_image(img, multiple) for img in given]
+    last_size = given[-1].size if given else opts.image_size
     bov, end = mllm.bov_token_id, mllm.im_end_token_id
     text_ids: list[int] = []
     emitted = ""

@@ -62,14 +62,16 @@ class Pack:
 
 
 def patchify(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
-    """[C, H, W] -> [H/ph * W/pw, C*ph*pw] in diffusers' `CosmosPatchEmbed` feature order (C, p_t, p_h, p_w)."""
+    """[C, H, W] -> [H/ph * W/pw, C*ph*pw] in `CosmosPatchEmbed` feature order (C, p_t, p_h, p_w)."""
     c, h, w = x.shape
     ph, pw = patch
     x = x.reshape(c, h // ph, ph, w // pw, pw).permute(1, 3, 0, 2, 4)
     return x.reshape((h // ph) * (w // pw), c * ph * pw)
 
 
-def unpatchify(tokens: torch.Tensor, grid: tuple[int, int], patch: tuple[int, int], channels: int) -> torch.Tensor:
+def unpatchify(
+    tokens: torch.Tensor, grid: tuple[int, int], patch: tuple[int, int], channels: int
+) -> torch.Tensor:
     """[h*w, ph*pw*C] (diffusers' output order p_h, p_w, p_t, C) -> [C, h*ph, w*pw]."""
     gh, gw = grid
     ph, pw = patch
@@ -99,18 +101,24 @@ def pack_samples(
         if not frames:
             raise DuoGenInputError(f"sample {s} has no frames")
         if max_frames is not None and len(frames) > max_frames:
-            raise DuoGenInputError(f"sample {s} has {len(frames)} images; this DiT allows at most {max_frames}")
+            raise DuoGenInputError(
+                f"sample {s} has {len(frames)} images; this DiT allows at most {max_frames}"
+            )
         count = 0
         for t, fr in enumerate(frames):
             lat = fr.latent
             if lat.ndim != 3 or lat.shape[1] == 0 or lat.shape[2] == 0:
-                raise DuoGenInputError(f"sample {s} frame {t}: latent must be [C, h, w], got {tuple(lat.shape)}")
+                raise DuoGenInputError(
+                    f"sample {s} frame {t}: latent must be [C, h, w], got {tuple(lat.shape)}"
+                )
             c, h, w = lat.shape
             channels = channels or c
             if c != channels:
                 raise DuoGenInputError(f"sample {s} frame {t}: {c} channels, expected {channels}")
             if h % ph or w % pw:
-                raise DuoGenInputError(f"sample {s} frame {t}: latent {h}x{w} not divisible by patch {ph}x{pw}")
+                raise DuoGenInputError(
+                    f"sample {s} frame {t}: latent {h}x{w} not divisible by patch {ph}x{pw}"
+                )
             gh, gw = h // ph, w // pw
             if max_grid is not None and (gh > max_grid[0] or gw > max_grid[1]):
                 raise DuoGenInputError(f"sample {s} frame {t}: {gh}x{gw} patches exceed the DiT's {max_grid}")

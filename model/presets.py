@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .config import ConnectorConfig, DiTConfig, DuoGenConfig, FlowConfig, MLLMConfig, VAEConfig
+from .errors import DuoGenInputError
 
 
 def production() -> DuoGenConfig:
@@ -56,5 +57,5 @@ PRESETS = {"tiny": tiny, "duogen-7b-2b": production}
 
 def get_preset(name: str) -> DuoGenConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise DuoGenInputError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]()

@@ -47,7 +47,7 @@ def frame_rope_ids(t_index: int, height: int, width: int) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE (diffusers `use_real_unbind_dim=-2`); x [..., N, heads, head_dim], cos/sin [N, head_dim]."""
+    """Rotate-half RoPE (diffusers `use_real_unbind_dim=-2`); x [N, heads, d], cos/sin [N, d]."""
     x_real, x_imag = x.unflatten(-1, (2, -1)).unbind(-2)
     rotated = torch.cat([-x_imag, x_real], dim=-1)
     cos, sin = cos[:, None, :], sin[:, None, :]

@@ -72,7 +72,9 @@ class DuoGenVAE(nn.Module):
         if pixels.ndim != 3 or pixels.shape[0] != 3:
             raise DuoGenInputError(f"VAE encodes one RGB image [3, H, W], got {tuple(pixels.shape)}")
         if pixels.shape[1] % self.compression or pixels.shape[2] % self.compression:
-            raise DuoGenInputError(f"image {pixels.shape[1]}x{pixels.shape[2]} not a multiple of {self.compression}")
+            raise DuoGenInputError(
+                f"image {pixels.shape[1]}x{pixels.shape[2]} not a multiple of {self.compression}"
+            )
         x = pixels.to(self.model.dtype)[None, :, None]
         latent = self.model.encode(x).latent_dist.mode()[0, :, 0]
         return (latent - self.mean.to(latent)) / self.std.to(latent)

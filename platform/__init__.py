@@ -1,7 +1,8 @@
 """duogen.platform: what the stages run on (settings, storage, tracking, launching, the CLI)."""
 
 if __name__ == "platform":  # pragma: no cover - only when Python starts in the repository root
-    # Started in the repository root, this folder shadows the standard library's `platform` (torch imports it).
+    # Started in the repository root, this folder shadows the standard library's `platform`
+    # (torch imports it).
     # Load the real module and let the import system hand that out instead of this package.
     import importlib.util as _util
     import sys as _sys

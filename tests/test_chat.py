@@ -162,7 +162,9 @@ def test_chunk_ids_and_last_text_chunk_mask():
     assert TOK.decode(ids[m]) == "c<|im_end|>\n<|im_start|>assistant\n"
     assert TOK.decode(ids).endswith("c<|im_end|>\n<|im_start|>assistant\n")
     # a user turn starts a chunk
-    assert TOK.decode(ids[ch == ch[0]]).startswith("<|im_start|>user\ndraw two<|im_end|>\n<|im_start|>assistant")
+    assert TOK.decode(ids[ch == ch[0]]).startswith(
+        "<|im_start|>user\ndraw two<|im_end|>\n<|im_start|>assistant"
+    )
 
 
 def test_dicts_strings_and_turns_encode_alike():

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from duogen.model.config import DuoGenConfig
 from duogen.model.dit import DuoGenDiT
 from duogen.model.presets import PRESETS, get_preset

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from duogen.model.diffusers_compat import dense_forward, diffusers_cosmos
 from duogen.model.dit import DuoGenDiT
 from duogen.model.errors import CheckpointMismatchError, DuoGenInputError
@@ -88,7 +87,9 @@ def test_rope_ids_follow_each_image(cfg):
 def test_rope_matches_diffusers_dense_grid(cfg):
     from diffusers.models.transformers.transformer_cosmos import CosmosRotaryPosEmbed
 
-    ref = CosmosRotaryPosEmbed(cfg.attention_head_dim, cfg.max_size, cfg.patch_size, rope_scale=cfg.rope_scale)
+    ref = CosmosRotaryPosEmbed(
+        cfg.attention_head_dim, cfg.max_size, cfg.patch_size, rope_scale=cfg.rope_scale
+    )
     cos_ref, sin_ref = ref(torch.zeros(1, 18, 3, 8, 12))
     frames = _frames([(8, 12)] * 3)
     pack = pack_samples([frames], [torch.randn(2, 4)], cfg.patch_size)

@@ -4,7 +4,6 @@ import dataclasses
 
 import pytest
 import torch
-
 from duogen.model.dit import DuoGenDiT
 from duogen.model.errors import DuoGenInputError
 from duogen.model.flow import (

@@ -17,7 +17,6 @@ import statistics
 import time
 
 import torch
-
 from duogen.model.diffusers_compat import dense_forward, diffusers_cosmos
 from duogen.model.dit import DuoGenDiT
 from duogen.model.packing import Frame, pack_samples, unpack
@@ -88,7 +87,10 @@ def main() -> None:
     cond[:, :, 0] = 1
     utext = torch.randn(batch, 16, text_dim)
     upack = pack_samples(
-        [[Frame(dense[b, :, t], sig[b, 0, t, 0, 0], bool(t == 0)) for t in range(nframes)] for b in range(batch)],
+        [
+            [Frame(dense[b, :, t], sig[b, 0, t, 0, 0], bool(t == 0)) for t in range(nframes)]
+            for b in range(batch)
+        ],
         list(utext),
         cfg.patch_size,
     )

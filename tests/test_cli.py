@@ -1,0 +1,61 @@
+"""The `duogen` CLI as a user runs it: a real subprocess of the installed entry point."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DUOGEN = shutil.which("duogen", path=str(Path(sys.executable).parent)) or "duogen"
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([DUOGEN, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("command", [[], ["info"], ["demo"]])
+def test_every_command_has_help(command):
+    res = run(*command, "--help")
+    assert res.returncode == 0, res.stderr
+    assert "usage: duogen" in res.stdout
+
+
+def test_info_counts_parts_of_the_production_preset():
+    res = run("info", "--preset", "duogen-7b-2b", "--json")
+    assert res.returncode == 0, res.stderr
+    parts = json.loads(res.stdout)["parameters"]
+    assert parts["mllm_language"] + parts["mllm_vision"] == 8_292_166_656  # Qwen2.5-VL-7B
+    assert parts["connector"] == 100352 * 1024 + 1024
+    assert parts["total"] == sum(v for k, v in parts.items() if k != "total")
+
+
+def test_unknown_preset_is_a_clear_error():
+    res = run("info", "--preset", "huge")
+    assert res.returncode != 0 and "unknown preset 'huge'" in res.stderr
+
+
+def test_demo_writes_an_interleaved_page(tmp_path):
+    res = run("demo", "--out", str(tmp_path / "demo"), "--quiet", "--images", "2", "--max-new-tokens", "30")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["images"] == 2
+    page = Path(summary["page"]).read_text()
+    assert page.count("<img ") == 2 and "move the red circle" in page
+    assert (tmp_path / "demo" / "image_01.png").exists() and (tmp_path / "demo" / "image_02.png").exists()
+    # the saved model loads back and runs the same demo
+    again = run(
+        "demo", "--model", str(tmp_path / "demo" / "model"), "--out", str(tmp_path / "again"), "--quiet"
+    )
+    assert again.returncode == 0, again.stderr
+    a = (tmp_path / "demo" / "image_01.png").read_bytes()
+    assert a == (tmp_path / "again" / "image_01.png").read_bytes()
+
+
+def test_demo_with_a_missing_model_dir_fails_clearly(tmp_path):
+    res = run("demo", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet")
+    assert res.returncode == 2
+    assert "duogen_config.json is missing" in res.stderr

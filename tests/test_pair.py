@@ -1,0 +1,111 @@
+"""The pair as one directory: save -> load gives identical outputs; bad checkpoints name the tensor."""
+
+import json
+
+import pytest
+import torch
+from duogen.model.chat import last_text_chunk_mask
+from duogen.model.errors import CheckpointMismatchError, DuoGenInputError
+from duogen.model.flow import sample_latent
+from duogen.model.pair import DuoGenPair
+from duogen.model.presets import tiny
+from duogen.model.vae import DuoGenVAE, validate_image
+from PIL import Image
+
+CONV = [
+    {"role": "user", "content": [{"type": "text", "text": "move it"}, {"type": "image",
+                                  "image": Image.new("RGB", (64, 64), (200, 30, 30))}]},
+    {"role": "assistant", "content": "Step one: slide right."},
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    pair = DuoGenPair.build(tiny(), seed=3)
+    path = tmp_path_factory.mktemp("pair")
+    pair.save_pretrained(path)
+    return pair, path
+
+
+def _outputs(pair):
+    enc = pair.mllm.encode(CONV, add_generation_prompt=True)
+    logits = pair.mllm.forward_logits(enc)
+    text, negative = pair.text_streams(enc, len(enc))
+    latent = pair.vae.encode_image(enc.images[0], pair.pixel_multiple)
+    flow = pair.config.flow
+    drawn = sample_latent(pair.dit, [latent], (8, 8), text, negative, flow, torch.Generator().manual_seed(0))
+    return logits, text, latent, drawn, pair.vae.decode(drawn)
+
+
+def test_save_load_gives_identical_outputs(saved):
+    pair, path = saved
+    assert json.loads((path / "duogen_config.json").read_text())["name"] == "tiny"
+    for part in ("mllm", "dit", "vae"):
+        assert any((path / part).glob("*.safetensors")), part
+    loaded = DuoGenPair.from_pretrained(path)
+    with torch.no_grad():
+        for a, b in zip(_outputs(pair), _outputs(loaded), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_text_stream_and_negative(saved):
+    pair, _ = saved
+    enc = pair.mllm.encode(CONV, add_generation_prompt=True)
+    n = len(enc)
+    with torch.no_grad():
+        text, negative = pair.text_streams(enc, n)
+    cfg = pair.config
+    assert text.shape == (n, cfg.connector.in_channels)
+    dropped = int(last_text_chunk_mask(enc.chunk_ids, n).sum())
+    assert 0 < dropped < n and negative.shape == (n - dropped, cfg.connector.in_channels)
+    # every layer block of the stream is normalised over its channels
+    blocks = text.view(n, cfg.connector.num_layers, cfg.connector.layer_width)
+    torch.testing.assert_close(blocks.mean(-1), torch.zeros(n, cfg.connector.num_layers), atol=1e-4, rtol=0)
+
+
+def test_dit_checkpoint_of_another_shape_names_the_tensor(saved, tmp_path):
+    _, path = saved
+    other = tiny()
+    other.dit.adaln_lora_dim = 8
+    with pytest.raises(CheckpointMismatchError, match=r"norm1\.linear_1\.weight"):
+        from duogen.model.dit import DuoGenDiT
+
+        DuoGenDiT.from_pretrained(path / "dit", other.dit)
+
+
+def test_mllm_checkpoint_of_another_shape_names_the_tensor(saved):
+    from duogen.model.mllm import DuoGenMLLM
+
+    _, path = saved
+    other = tiny().mllm
+    other.intermediate_size = 96
+    with pytest.raises(CheckpointMismatchError, match=r"mlp\.(gate|up|down)_proj\.weight"):
+        DuoGenMLLM.from_pretrained(path / "mllm", other)
+
+
+def test_not_a_pair_directory(tmp_path):
+    with pytest.raises(DuoGenInputError, match="duogen_config.json is missing"):
+        DuoGenPair.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("image", "words"),
+    [
+        ("not an image", "must be a PIL image"),
+        (Image.new("RGB", (0, 5)), "empty"),
+        (Image.new("CMYK", (8, 8)), "unsupported mode"),
+    ],
+)
+def test_bad_images_for_the_vae(image, words):
+    with pytest.raises(DuoGenInputError, match=words):
+        validate_image(image)
+
+
+def test_vae_round_trip_shapes():
+    vae = DuoGenVAE(tiny().vae).eval()
+    with torch.no_grad():
+        latent = vae.encode_image(Image.new("RGB", (70, 41), (0, 90, 200)), multiple=16)
+        assert latent.shape == (16, 48 // 8, 64 // 8)
+        assert vae.decode_image(latent).size == (64, 48)
+    with pytest.raises(DuoGenInputError, match="not a multiple of 8"):
+        vae.encode(torch.zeros(3, 12, 16))
