@@ -19,13 +19,11 @@ from transformers import Qwen2VLImageProcessorPil
 
 from .config import MLLMConfig
 from .errors import DuoGenInputError
+from .images import to_rgb
 from .tokenizer import IM_END, IM_START, IMAGE_PAD, VISION_END, VISION_START
 
 IGNORE_INDEX = -100
 ROLES = ("system", "user", "assistant")
-# Modes with an unambiguous RGB rendering. Rejected, e.g.: "I;16"/"I"/"F" (high bit depth / float: no agreed
-# scaling to 8 bit), "CMYK"/"LAB"/"YCbCr"/"HSV" (a correct RGB conversion needs colour management).
-ACCEPTED_MODES = ("RGB", "RGBA", "L", "LA", "P")
 MAX_ASPECT_RATIO = 200  # Qwen2.5-VL's own limit (smart_resize raises above it)
 
 Role = Literal["system", "user", "assistant"]
@@ -114,24 +112,12 @@ def prepare_image(img: Any, max_side: int, factor: int = 1) -> Image.Image:
     leaves the size alone, so its min-pixel rule cannot push a very thin image past the cap. Images are never
     enlarged except for this rounding. Transparent pixels are composited on white, as Qwen's processor does.
     """
-    if not isinstance(img, Image.Image):
-        raise DuoGenInputError(f"expected a PIL.Image.Image, got {type(img).__name__}")
+    img = to_rgb(img)
     w, h = img.size
-    if w <= 0 or h <= 0:
-        raise DuoGenInputError(f"image is empty ({w}x{h} pixels)")
-    if img.mode not in ACCEPTED_MODES:
-        raise DuoGenInputError(
-            f"unsupported image mode {img.mode!r}; accepted modes are {', '.join(ACCEPTED_MODES)} "
-            "(convert the image to RGB yourself)"
-        )
     if max(w, h) / min(w, h) > MAX_ASPECT_RATIO:
         raise DuoGenInputError(f"image aspect ratio {w}x{h} is more extreme than {MAX_ASPECT_RATIO}:1")
     if max_side < factor:
         raise DuoGenInputError(f"max_side={max_side} is smaller than the size factor {factor}")
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    img = img.convert("RGB")
     scale = min(1.0, max_side / max(w, h))
     top = (max_side // factor) * factor
     new_w, new_h = (min(top, max(factor, round(s * scale / factor) * factor)) for s in (w, h))

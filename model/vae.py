@@ -17,19 +17,7 @@ from torch import nn
 
 from .config import VAEConfig
 from .errors import DuoGenInputError
-
-ACCEPTED_MODES = ("RGB", "RGBA", "L", "LA", "P")
-
-
-def validate_image(image: object, what: str = "image") -> Image.Image:
-    """Return `image` as RGB, or raise DuoGenInputError naming what is wrong with it."""
-    if not isinstance(image, Image.Image):
-        raise DuoGenInputError(f"{what} must be a PIL image, got {type(image).__name__}")
-    if image.width == 0 or image.height == 0:
-        raise DuoGenInputError(f"{what} is empty ({image.width}x{image.height})")
-    if image.mode not in ACCEPTED_MODES:
-        raise DuoGenInputError(f"{what} has unsupported mode {image.mode!r}; use one of {ACCEPTED_MODES}")
-    return image.convert("RGB") if image.mode != "RGB" else image
+from .images import to_rgb
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -85,7 +73,7 @@ class DuoGenVAE(nn.Module):
         return self.model.decode(z[None, :, None].to(self.model.dtype)).sample[0, :, 0]
 
     def encode_image(self, image: Image.Image, multiple: int, max_side: int | None = None) -> torch.Tensor:
-        image = fit_to_multiple(validate_image(image), multiple, max_side)
+        image = fit_to_multiple(to_rgb(image), multiple, max_side)
         return self.encode(image_to_tensor(image).to(self.mean.device))
 
     def decode_image(self, latent: torch.Tensor) -> Image.Image:

@@ -7,9 +7,10 @@ import torch
 from duogen.model.chat import last_text_chunk_mask
 from duogen.model.errors import CheckpointMismatchError, DuoGenInputError
 from duogen.model.flow import sample_latent
+from duogen.model.images import to_rgb
 from duogen.model.pair import DuoGenPair
 from duogen.model.presets import tiny
-from duogen.model.vae import DuoGenVAE, validate_image
+from duogen.model.vae import DuoGenVAE
 from PIL import Image
 
 CONV = [
@@ -91,14 +92,14 @@ def test_not_a_pair_directory(tmp_path):
 @pytest.mark.parametrize(
     ("image", "words"),
     [
-        ("not an image", "must be a PIL image"),
+        ("not an image", "expected a PIL"),
         (Image.new("RGB", (0, 5)), "empty"),
-        (Image.new("CMYK", (8, 8)), "unsupported mode"),
+        (Image.new("CMYK", (8, 8)), "unsupported image mode"),
     ],
 )
 def test_bad_images_for_the_vae(image, words):
     with pytest.raises(DuoGenInputError, match=words):
-        validate_image(image)
+        to_rgb(image)
 
 
 def test_vae_round_trip_shapes():
