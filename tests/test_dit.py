@@ -48,6 +48,20 @@ def test_equals_diffusers_on_one_uniform_sample(pair, cfg):
     assert (got - expected).abs().max().item() <= 1e-4
 
 
+def test_the_diffusers_comparison_detects_a_changed_weight(pair, cfg):
+    ref, ours = pair
+    changed = DuoGenDiT(cfg).eval()
+    changed.load_diffusers_state_dict(ours.state_dict())
+    with torch.no_grad():
+        changed.transformer_blocks[0].attn2.norm_k.weight.add_(0.05)
+    frames = _frames([(8, 12)] * 2, sigmas=[1e-4, 0.7], cond=[True, False])
+    text = torch.randn(7, cfg.crossattn_proj_in_channels)
+    with torch.no_grad():
+        expected = dense_forward(ref, frames, text)
+    got = torch.stack(_run(changed, [frames], [text])[0], dim=1)
+    assert (got - expected).abs().max().item() > 1e-4
+
+
 def test_pack_equals_each_sample_alone(pair, cfg):
     _, ours = pair
     samples = [_frames([(8, 8), (6, 10)]), _frames([(4, 4)]), _frames([(10, 6), (8, 8), (2, 2)])]
