@@ -1,0 +1,1 @@
+"""Curation: the common sample format, shards, and (next) the data-engine stages."""
