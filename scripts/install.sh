@@ -13,3 +13,5 @@ links=()
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt "pip>=24"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt "${links[@]}" -e ".${extras}"
+# PySceneDetect declares the GUI opencv-python, whose cv2 would replace the headless one: install it alone.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps scenedetect
