@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (weights and sampling)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=cmd_demo)
+
+    from duogen.platform.cli_curate import add_curate
+
+    add_curate(sub)
     return parser
 
 

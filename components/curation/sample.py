@@ -25,6 +25,8 @@ class Part:
     type: Literal["text", "image", "bov"]
     text: str | None = None  # for text
     ref: str | None = None  # for image: the image's name in the sample's shard entry
+    caption: str | None = None  # for image: what the captioner said
+    category: str | None = None  # for image: natural_photo / gui_screenshot / document_page / illustration
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Lineage:
     input: str  # URL or file the sample was made from
     stages: dict[str, str] = field(default_factory=dict)  # stage name -> version
     hashes: dict[str, str] = field(default_factory=dict)  # content name -> sha256
+    dropped: dict[str, str] = field(default_factory=dict)  # what a stage left out (e.g. image src) -> reason
 
 
 @dataclass
@@ -80,8 +83,13 @@ class Sample:
             turns.append(Turn(t["role"], parts))
         if not turns:
             raise SampleFormatError(f"{where}: 'turns' must be a non-empty list")
-        sample = cls(sid, turns, str(data["source"]), Lineage(lin["input"], dict(lin.get("stages") or {}),
-                                                              dict(lin.get("hashes") or {})))  # fmt: skip
+        lineage = Lineage(
+            lin["input"],
+            dict(lin.get("stages") or {}),
+            dict(lin.get("hashes") or {}),
+            dict(lin.get("dropped") or {}),
+        )
+        sample = cls(sid, turns, str(data["source"]), lineage)
         sample.validate()
         return sample
 
@@ -109,7 +117,7 @@ def _part(p: Any, where: str) -> Part:
         raise SampleFormatError(f"{where}: text part without a string 'text'")
     if p["type"] == "image" and not (isinstance(p.get("ref"), str) and p["ref"]):
         raise SampleFormatError(f"{where}: image part without a 'ref'")
-    return Part(p["type"], p.get("text"), p.get("ref"))
+    return Part(p["type"], p.get("text"), p.get("ref"), p.get("caption"), p.get("category"))
 
 
 def sha256(data: bytes) -> str:

@@ -244,7 +244,11 @@ def describe(action: Action, scene: Scene, cfg: WorldConfig | None = None) -> st
     if isinstance(action, Resize):
         return f"Make the {_check_index(scene, action.index).name} {cfg.size_name(action.size)}."
     if isinstance(action, Swap):
-        p, q = _check_index(scene, action.i), _check_index(scene, action.j)
+        # Swapping is symmetric, so name the two shapes in reading order (top-to-bottom, left-to-right):
+        # the sentence then depends only on what is visible, never on scene-list order.
+        p, q = sorted(
+            (_check_index(scene, action.i), _check_index(scene, action.j)), key=lambda s: (s.y, s.x, s.name)
+        )
         return f"Swap the positions of the {p.name} and the {q.name}."
     raise ValueError(f"unknown action {action!r}")
 

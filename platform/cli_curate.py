@@ -1,0 +1,103 @@
+"""`duogen curate ...`: the data engine's stages from the command line (local executor, resumable)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+WEB_SUFFIXES = (".html", ".htm", ".warc", ".warc.gz", "results.json")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
+
+
+def _inputs(paths: list[str], suffixes: tuple[str, ...]) -> list[str]:
+    """Files with the stage's suffixes, folders searched recursively; sorted, so shards are reproducible."""
+    out: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            out += sorted(
+                str(f) for f in path.rglob("*") if f.is_file() and f.name.lower().endswith(suffixes)
+            )
+        elif path.exists():
+            out.append(str(path))
+        else:
+            raise SystemExit(f"duogen curate: error: input {p} does not exist")
+    if not out:
+        raise SystemExit(f"duogen curate: error: no inputs ending in {', '.join(suffixes)} found")
+    return out
+
+
+def _run(stage, inputs: list[str], args: argparse.Namespace, name: str) -> int:
+    from duogen.components.curation.executor import plan, run_stage
+
+    report = run_stage(
+        stage,
+        plan(inputs, args.per_shard),
+        args.out,
+        processes=args.processes,
+        settings={"backend": args.backend, **getattr(args, "settings", {})},
+        progress=not args.quiet,
+        name=name,
+    )
+    print(json.dumps(report.to_dict()))
+    return 0
+
+
+def cmd_toyworld(args: argparse.Namespace) -> int:
+    """Write the toy world's noisy how-to pages and videos with their ground truth."""
+    from duogen.components.toyworld.pages import make_site
+    from duogen.components.toyworld.videos import make_videos
+
+    pages = make_site(args.out, args.pages, seed=args.seed, corrupt_pages=args.corrupt_pages)
+    videos = make_videos(args.out, args.videos, seed=args.seed, corrupt_videos=args.corrupt_videos)
+    print(json.dumps({"out": args.out, "pages": len(pages), "videos": len(videos)}))
+    return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    """How-to pages (HTML folders, WARC files, CoMM JSON) -> dialogue shards."""
+    from duogen.components.curation.web import web_stage
+
+    return _run(web_stage, _inputs(args.input, WEB_SUFFIXES), args, "web")
+
+
+def add_curate(sub) -> None:
+    curate = sub.add_parser(
+        "curate",
+        help="data engine: turn pages, prompts and videos into training shards",
+        description="Run one data-engine stage over many shards; a rerun resumes.",
+    )
+    stages = curate.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", required=True, help="output folder for shards, manifests and _report.json")
+        p.add_argument("--per-shard", type=int, default=16, help="inputs per shard (default: 16)")
+        p.add_argument("--processes", type=int, default=1, help="parallel worker processes (default: 1)")
+        p.add_argument(
+            "--backend",
+            default="offline",
+            help="LLM backend: 'offline' (deterministic rules) or an OpenAI-compatible base URL "
+            "(model from DUOGEN_LLM_MODEL, key from DUOGEN_LLM_API_KEY)",
+        )
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    toy = stages.add_parser(
+        "toyworld",
+        help="generate the toy world's pages and videos with ground truth",
+        description=cmd_toyworld.__doc__,
+    )
+    toy.add_argument("--out", required=True, help="output folder (pages/, img/, videos/, truth/)")
+    toy.add_argument("--pages", type=int, default=200, help="how-to pages (default: 200)")
+    toy.add_argument("--videos", type=int, default=20, help="videos (default: 20)")
+    toy.add_argument("--corrupt-pages", type=int, default=0, help="extra corrupt pages to plant (default: 0)")
+    toy.add_argument(
+        "--corrupt-videos", type=int, default=0, help="extra corrupt videos to plant (default: 0)"
+    )
+    toy.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    toy.set_defaults(func=cmd_toyworld)
+
+    web = stages.add_parser("web", help="how-to pages -> dialogues", description=cmd_web.__doc__)
+    web.add_argument("input", nargs="+", help="page folders, .html, .warc(.gz) or CoMM .json files")
+    common(web)
+    web.set_defaults(func=cmd_web)
