@@ -1,0 +1,1 @@
+"""Training-side data and stages (the stages themselves arrive with the training issue)."""
