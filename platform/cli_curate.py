@@ -62,6 +62,21 @@ def cmd_web(args: argparse.Namespace) -> int:
     return _run(web_stage, _inputs(args.input, WEB_SUFFIXES), args, "web")
 
 
+def cmd_alignment(args: argparse.Namespace) -> int:
+    """Text-to-image / editing datasets (ShareGPT-4o-Image JSON, instruction-pair JSONL) -> shards."""
+    from duogen.components.curation.alignment import alignment_stage
+
+    return _run(alignment_stage, _inputs(args.input, (".json", ".jsonl")), args, "alignment")
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    """Videos -> scenes (PySceneDetect) -> fixed-length clips -> first/last frame + transition caption."""
+    from duogen.components.curation.video import video_stage
+
+    args.settings = {"clip_seconds": args.clip_seconds, "min_clip_seconds": args.min_clip_seconds}
+    return _run(video_stage, _inputs(args.input, VIDEO_SUFFIXES), args, "video")
+
+
 def add_curate(sub) -> None:
     curate = sub.add_parser(
         "curate",
@@ -101,3 +116,21 @@ def add_curate(sub) -> None:
     web.add_argument("input", nargs="+", help="page folders, .html, .warc(.gz) or CoMM .json files")
     common(web)
     web.set_defaults(func=cmd_web)
+
+    video = stages.add_parser(
+        "video", help="videos -> two-image transition samples", description=cmd_video.__doc__
+    )
+    video.add_argument("input", nargs="+", help="video files or folders (.mp4, .mkv, .webm, .mov, .avi)")
+    video.add_argument("--clip-seconds", type=float, default=5.0, help="clip length (default: 5)")
+    video.add_argument(
+        "--min-clip-seconds", type=float, default=1.0, help="shorter remainders are dropped (default: 1)"
+    )
+    common(video)
+    video.set_defaults(func=cmd_video)
+
+    align = stages.add_parser(
+        "alignment", help="text-to-image / editing datasets -> samples", description=cmd_alignment.__doc__
+    )
+    align.add_argument("input", nargs="+", help="dataset files or folders (.json lists, .jsonl pairs)")
+    common(align)
+    align.set_defaults(func=cmd_alignment)

@@ -9,12 +9,13 @@ followed by `<BOV>` and its image). A page that cannot be read is counted and sk
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from duogen.platform.llm import Backend, Request, make_backend
+from duogen.platform.llm import Backend, LLMError, Request, make_backend
 from duogen.platform.prompts import PromptLibrary
 
 from .executor import Item, StageContext, WorkUnit
@@ -102,6 +103,17 @@ def _move_images_after_descriptions(intro: Section, steps: list[Section], ctx: S
             ctx.count("images_moved")
 
 
+def _stored(img: DecodedImage, index: int) -> tuple[str, bytes]:
+    """PNG and JPEG bytes are kept as they came; other formats (GIF, WebP, BMP) are stored as PNG."""
+    if img.data[:8] == b"\x89PNG\r\n\x1a\n":
+        return f"img{index}.png", img.data
+    if img.data[:3] == b"\xff\xd8\xff":
+        return f"img{index}.jpg", img.data
+    buf = io.BytesIO()
+    img.image.save(buf, format="PNG")
+    return f"img{index}.png", buf.getvalue()
+
+
 def process_page(page: RawPage, backend: Backend, ctx: StageContext) -> Item | None:
     dropped: dict[str, str] = {}
     try:
@@ -120,18 +132,24 @@ def process_page(page: RawPage, backend: Backend, ctx: StageContext) -> Item | N
     _move_images_after_descriptions(intro, steps, ctx)
 
     texts = [" ".join(s.texts) for s in steps]
-    images = [img for s in (intro, *steps) for img in s.images]
+    ctx.count("images_dropped:extra_intro_image", max(0, len(intro.images) - 1))
+    images = intro.images[:1] + [img for s in steps for img in s.images]
     requests = [Request("question", text="\n".join([title, *intro.texts]))]
     requests += [Request("rewrite", text=t) for t in texts]
     requests += [Request(task, images=(img.data,)) for img in images for task in ("caption", "categorise")]
-    answers = backend.run_many(requests)
+    try:
+        answers = backend.run_many(requests)
+    except LLMError as err:
+        ctx.count("pages_dropped:llm_error")
+        ctx.count(f"llm_error:{err.status or 'network'}")
+        return None
     question, rewritten, described = answers[0], answers[1 : 1 + len(texts)], answers[1 + len(texts) :]
 
     files: dict[str, bytes] = {}
     parts_of: dict[int, Part] = {}
     for i, img in enumerate(images):
-        ref = f"img{i}.png" if img.data[:4] == b"\x89PNG" else f"img{i}.jpg"
-        files[ref] = img.data
+        ref, data = _stored(img, i)
+        files[ref] = data
         part = Part("image", ref=ref, caption=described[2 * i], category=described[2 * i + 1])
         parts_of[id(img)] = part
     user = [Part("text", text=question)] + [parts_of[id(img)] for img in intro.images[:1]]
