@@ -77,6 +77,27 @@ def cmd_video(args: argparse.Namespace) -> int:
     return _run(video_stage, _inputs(args.input, VIDEO_SUFFIXES), args, "video")
 
 
+def cmd_synthetic(args: argparse.Namespace) -> int:
+    """Prompt pool -> LLM expansion (near-duplicates dropped, eval split held out) -> interleaved answers."""
+    from collections import Counter
+
+    from duogen.components.curation.synthetic import plan_instructions, synthetic_stage
+
+    planning: Counter = Counter()
+    inputs = plan_instructions(
+        args.pool,
+        per_seed=args.per_seed,
+        seed=args.seed,
+        eval_fraction=args.eval_fraction,
+        backend=args.backend,
+        counters=planning,
+    )
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "_planning.json").write_text(json.dumps(dict(sorted(planning.items())), indent=2))
+    args.settings = {"generator": args.generator}
+    return _run(synthetic_stage, inputs, args, "synthetic")
+
+
 def add_curate(sub) -> None:
     curate = sub.add_parser(
         "curate",
@@ -127,6 +148,23 @@ def add_curate(sub) -> None:
     )
     common(video)
     video.set_defaults(func=cmd_video)
+
+    syn = stages.add_parser(
+        "synthetic", help="prompt pool -> synthetic interleaved dialogues", description=cmd_synthetic.__doc__
+    )
+    syn.add_argument("--pool", default=None, help="prompt-pool JSON (default: the packaged pool)")
+    syn.add_argument(
+        "--per-seed", type=int, default=5, help="instructions asked per seed question (default: 5)"
+    )
+    syn.add_argument("--eval-fraction", type=float, default=0.1, help="held-out share (default: 0.1)")
+    syn.add_argument("--seed", type=int, default=0, help="expansion seed (default: 0)")
+    syn.add_argument(
+        "--generator",
+        default="toyworld",
+        help="answers from 'toyworld' (the oracle) or an OpenAI-compatible image-capable base URL",
+    )
+    common(syn)
+    syn.set_defaults(func=cmd_synthetic)
 
     align = stages.add_parser(
         "alignment", help="text-to-image / editing datasets -> samples", description=cmd_alignment.__doc__

@@ -17,7 +17,11 @@ def run(*args, cwd=None):
     return subprocess.run([DUOGEN, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
-@pytest.mark.parametrize("command", [[], ["info"], ["demo"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["info"], ["demo"], ["curate"], ["curate", "toyworld"], ["curate", "web"], ["curate", "video"],
+     ["curate", "alignment"], ["curate", "synthetic"]],
+)
 def test_every_command_has_help(command):
     res = run(*command, "--help")
     assert res.returncode == 0, res.stderr
