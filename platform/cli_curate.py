@@ -59,6 +59,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     """How-to pages (HTML folders, WARC files, CoMM JSON) -> dialogue shards."""
     from duogen.components.curation.web import web_stage
 
+    args.settings = {"mllm_ad_check": args.mllm_ad_check}
     return _run(web_stage, _inputs(args.input, WEB_SUFFIXES), args, "web")
 
 
@@ -135,6 +136,11 @@ def add_curate(sub) -> None:
 
     web = stages.add_parser("web", help="how-to pages -> dialogues", description=cmd_web.__doc__)
     web.add_argument("input", nargs="+", help="page folders, .html, .warc(.gz) or CoMM .json files")
+    web.add_argument(
+        "--mllm-ad-check",
+        action="store_true",
+        help="also ask the MLLM backend whether each remaining image is an advert",
+    )
     common(web)
     web.set_defaults(func=cmd_web)
 

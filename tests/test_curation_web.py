@@ -132,3 +132,43 @@ def test_corrupt_inputs_are_counted_not_fatal(tmp_path):
                                   str(tmp_path / "missing.html")]), ctx) == []  # fmt: skip
     assert ctx.counters["pages_dropped:corrupt_page"] == 2
     assert ctx.counters["pages_dropped:unreadable_input"] == 1
+
+
+def test_optional_mllm_advert_check_catches_unmarked_banners(tmp_path):
+    import io as _io
+
+    def png(size, colour):
+        buf = _io.BytesIO()
+        Image.new("RGB", size, colour).save(buf, format="PNG")
+        return buf.getvalue()
+
+    (tmp_path / "step.png").write_bytes(png((64, 64), (200, 0, 0)))
+    (tmp_path / "banner.png").write_bytes(png((180, 40), (0, 0, 200)))
+    (tmp_path / "p.html").write_text(
+        "<html><body><h1>How to paint</h1><p>Step 1: Paint it red.</p><img src='step.png'>"
+        "<img src='banner.png'></body></html>"
+    )
+    plain, checked = StageContext(0), StageContext(0, {"mllm_ad_check": True})
+    (without,) = web_stage(WorkUnit(0, [str(tmp_path / "p.html")]), plain)
+    (with_check,) = web_stage(WorkUnit(0, [str(tmp_path / "p.html")]), checked)
+    assert len(without[1]) == 2 and len(with_check[1]) == 1
+    assert checked.counters["images_dropped:advert_mllm"] == 1
+    assert with_check[0].lineage.dropped == {"banner.png": "advert_mllm"}
+
+
+def test_llm_failure_drops_the_page_not_the_shard(tmp_path, monkeypatch):
+    from duogen.components.curation import web
+    from duogen.platform.llm import LLMError
+
+    class Failing:
+        name = "failing"
+
+        def run_many(self, requests):
+            raise LLMError("server said no", status=400)
+
+    monkeypatch.setattr(web, "backend_for", lambda spec: Failing())
+    site = tmp_path / "site"
+    make_site(site, 2, seed=3)
+    ctx = StageContext(0)
+    assert web.web_stage(WorkUnit(0, sorted(str(p) for p in (site / "pages").glob("*.html"))), ctx) == []
+    assert ctx.counters["pages_dropped:llm_error"] == 2 and ctx.counters["llm_error:400"] == 2

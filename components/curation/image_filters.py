@@ -30,6 +30,7 @@ TRACKING_MAX_SIDE = 2
 class DecodedImage:
     data: bytes
     image: Image.Image  # RGB
+    src: str = ""  # where the page referenced it
 
 
 def ad_reason(block: ImageBlock, page_host: str | None = None) -> str | None:
@@ -120,6 +121,7 @@ def check_image(block: ImageBlock, data: bytes | None, page_host: str | None = N
         return reason
     if is_qr_code(decoded.image):
         return "qr_code"
+    decoded.src = block.src
     return decoded
 
 

@@ -77,6 +77,13 @@ def categorise(images: Sequence[bytes] = (), **_: Any) -> str:
     return "natural_photo"
 
 
+def is_advert(images: Sequence[bytes] = (), **_: Any) -> str:
+    """Banner-shaped images (3:1 or wider, or as tall) are adverts; the markup cues catch the rest first."""
+    image = _image(images)
+    ratio = image.width / image.height
+    return "yes" if ratio >= 3.0 or ratio <= 1 / 3 else "no"
+
+
 def question(text: str | None = None, **_: Any) -> str:
     """The user's question from a page's title and intro: an explicit question wins, else 'How do I ...?'."""
     text = text or ""
@@ -100,6 +107,7 @@ HANDLERS = {
     "rewrite": rewrite,
     "caption": caption,
     "categorise": categorise,
+    "is_advert": is_advert,
     "question": question,
     "caption_transition": caption_transition,
 }

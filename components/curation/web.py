@@ -71,6 +71,20 @@ def _filtered_blocks(
     return title, out
 
 
+def _mllm_ad_check(blocks, backend: Backend, ctx: StageContext, dropped: dict[str, str]) -> list:
+    """Optional second opinion on adverts from the MLLM, for ads without markup cues."""
+    images = [b for b in blocks if isinstance(b, DecodedImage)]
+    answers = backend.run_many([Request("is_advert", images=(img.data,)) for img in images])
+    ads = {
+        id(img) for img, answer in zip(images, answers, strict=True) if answer.strip().lower().startswith("y")
+    }
+    for img in images:
+        if id(img) in ads:
+            ctx.count("images_dropped:advert_mllm")
+            dropped[img.src] = "advert_mllm"
+    return [b for b in blocks if id(b) not in ads]
+
+
 def _sections(blocks: list[TextBlock | DecodedImage]) -> tuple[Section, list[Section]]:
     """Intro (before the first step) and steps; without step markers every text block is a step."""
     marked = any(isinstance(b, TextBlock) and STEP.match(b.text) for b in blocks)
@@ -115,6 +129,7 @@ def _stored(img: DecodedImage, index: int) -> tuple[str, bytes]:
 
 
 def process_page(page: RawPage, backend: Backend, ctx: StageContext) -> Item | None:
+    """One page -> one sample, or None with the reason counted (a bad page never fails the shard)."""
     dropped: dict[str, str] = {}
     try:
         title, blocks = _filtered_blocks(page, ctx, dropped)
@@ -125,6 +140,19 @@ def process_page(page: RawPage, backend: Backend, ctx: StageContext) -> Item | N
     if not any(isinstance(b, DecodedImage) for b in blocks):
         ctx.count("pages_dropped:no_valid_image")
         return None
+    try:
+        return _dialogue(page, title, blocks, backend, ctx, dropped)
+    except LLMError as err:
+        ctx.count("pages_dropped:llm_error")
+        ctx.count(f"llm_error:{err.status or 'network'}")
+        return None
+
+
+def _dialogue(
+    page: RawPage, title: str, blocks: list, backend: Backend, ctx: StageContext, dropped: dict[str, str]
+) -> Item | None:
+    if ctx.settings.get("mllm_ad_check"):
+        blocks = _mllm_ad_check(blocks, backend, ctx, dropped)
     intro, steps = _sections(blocks)
     if not steps:
         ctx.count("pages_dropped:no_steps")
@@ -137,12 +165,7 @@ def process_page(page: RawPage, backend: Backend, ctx: StageContext) -> Item | N
     requests = [Request("question", text="\n".join([title, *intro.texts]))]
     requests += [Request("rewrite", text=t) for t in texts]
     requests += [Request(task, images=(img.data,)) for img in images for task in ("caption", "categorise")]
-    try:
-        answers = backend.run_many(requests)
-    except LLMError as err:
-        ctx.count("pages_dropped:llm_error")
-        ctx.count(f"llm_error:{err.status or 'network'}")
-        return None
+    answers = backend.run_many(requests)
     question, rewritten, described = answers[0], answers[1 : 1 + len(texts)], answers[1 + len(texts) :]
 
     files: dict[str, bytes] = {}
