@@ -1,25 +1,31 @@
 """Interleaved generation: the MLLM writes; on `<BOV>` the DiT draws; the image joins the context.
 
-This is the plain loop, with no caches: each new token re-runs the MLLM over the whole sequence. It is the
-reference the cached loop must reproduce, and it is what `duogen demo` runs. Events come out in order
-(text deltas, image started, image done, finished) so a server can stream them and a notebook collect them.
+Caches (`use_cache=True`, the default): the MLLM runs under a KV cache that each new token or image block
+extends (`MLLMSession`); the hidden states of all layers are kept per token as they are computed, so an
+image's text stream is a slice; every image (user-given or generated) is VAE-encoded once and its latent
+reused as a condition frame for every later image. With `use_cache=False` the same loop re-runs the MLLM
+over the whole sequence per token and re-encodes every earlier image per new image: the reference the
+cached loop must reproduce, and the benchmark's baseline.
 
-Frame budget: a sample holds at most `dit.max_frames` images, so when a conversation has more, the most
-recent `max_frames - 1` images are the condition frames of the next one.
+Policies: a sample holds at most `dit.max_frames` images, so the most recent `max_frames - 1` images are the
+condition frames of the next one; a token or an image block that would not fit the MLLM's context ends the
+turn with reason "context" (never half an image).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 
-from .chat import ImagePart, append_image, append_tokens, to_turns
-from .flow import sample_latent
+from .chat import ImagePart, append_image, append_tokens, last_text_chunk_mask, to_turns
+from .flow import drop_last_text_chunk, sample_latent
 from .pair import DuoGenPair
+from .session import MLLMSession
 from .vae import fit_to_multiple
 
 
@@ -30,11 +36,24 @@ class GenerationOptions:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0
-    force_bov_every: int | None = None  # force `<BOV>` after this many text tokens in a row (T2I, demos)
+    stop: tuple[str, ...] = ()  # end the turn as soon as the written text contains one of these
+    force_bov: bool = False  # start the answer with `<BOV>` (text-to-image, editing)
+    force_bov_every: int | None = None  # force `<BOV>` after this many text tokens in a row (demos)
     image_size: tuple[int, int] = (64, 64)  # (width, height) of a drawn image when no earlier image sets it
     guidance_scale: float | None = None  # None: the pair's flow config
     num_inference_steps: int | None = None
     sampler: str | None = None
+    use_cache: bool = True
+
+
+@dataclass
+class Usage:
+    new_tokens: int = 0
+    images: int = 0
+    vae_encodes: int = 0
+    mllm_prefill_tokens: int = 0
+    dit_seconds: float = 0.0
+    non_dit_seconds_per_image: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -55,9 +74,16 @@ class ImageDone:
 
 @dataclass
 class Finished:
-    reason: str  # "stop" (end of turn), "length" (max_new_tokens) or "context" (MLLM context full)
-    new_tokens: int
-    images: int
+    reason: str  # "stop" (end of turn or stop string), "length" (max_new_tokens), "context" (context full)
+    usage: Usage
+
+    @property
+    def new_tokens(self) -> int:
+        return self.usage.new_tokens
+
+    @property
+    def images(self) -> int:
+        return self.usage.images
 
 
 Event = TextDelta | ImageStarted | ImageDone | Finished
@@ -74,61 +100,111 @@ def pick_token(logits: torch.Tensor, temperature: float, top_p: float, generator
     return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
 
 
+class _Latents:
+    """Condition latents of the conversation's images: encoded once (cached) or every time (reference)."""
+
+    def __init__(self, pair: DuoGenPair, use_cache: bool, usage: Usage) -> None:
+        self.pair, self.use_cache, self.usage = pair, use_cache, usage
+        self.images: list[Image.Image] = []
+        self.latents: list[torch.Tensor] = []
+
+    def _encode(self, image: Image.Image) -> torch.Tensor:
+        self.usage.vae_encodes += 1
+        return self.pair.vae.encode_image(image, self.pair.pixel_multiple)
+
+    def add(self, image: Image.Image) -> None:
+        self.images.append(image)
+        if self.use_cache:
+            self.latents.append(self._encode(image))
+
+    def conditions(self, keep: int) -> list[torch.Tensor]:
+        if keep <= 0:
+            return []
+        if self.use_cache:
+            return self.latents[-keep:]
+        return [self._encode(image) for image in self.images[-keep:]]
+
+
 @torch.no_grad()
 def generate(pair: DuoGenPair, conversation, options: GenerationOptions | None = None) -> Iterator[Event]:
     opts = options or GenerationOptions()
     mllm, cfg = pair.mllm, pair.config
-    flow = dataclasses.replace(
-        cfg.flow,
-        **{k: v for k, v in (("guidance_scale", opts.guidance_scale), ("num_inference_steps",
-            opts.num_inference_steps), ("sampler", opts.sampler)) if v is not None},
-    )  # fmt: skip
+    overrides = {"guidance_scale": opts.guidance_scale, "num_inference_steps": opts.num_inference_steps,
+                 "sampler": opts.sampler}  # fmt: skip
+    flow = dataclasses.replace(cfg.flow, **{k: v for k, v in overrides.items() if v is not None})
     generator = torch.Generator().manual_seed(opts.seed)
-    multiple = pair.pixel_multiple
+    usage = Usage()
     turns = to_turns(conversation)
     enc = mllm.encode(turns, add_generation_prompt=True)
-    given = [p.image for t in turns for p in t.parts if isinstance(p, ImagePart)]  # full size, not the MLLM's
-    latents = [pair.vae.encode_image(img, multiple) for img in given]
-    last_size = given[-1].size if given else opts.image_size
+    latents = _Latents(pair, opts.use_cache, usage)
+    for part in (p for t in turns for p in t.parts if isinstance(p, ImagePart)):
+        latents.add(part.image)  # full size: the MLLM sees its own 480 px copies
+    last_size = latents.images[-1].size if latents.images else opts.image_size
+    session = MLLMSession(mllm, use_cache=opts.use_cache, norm_eps=cfg.connector.norm_eps)
+    session.advance(enc)
     bov, end = mllm.bov_token_id, mllm.im_end_token_id
     text_ids: list[int] = []
-    emitted = ""
-    new_tokens = images = run = 0
+    written = emitted = ""
+    run = 0
     reason = "length"
-    while new_tokens < opts.max_new_tokens:
-        if len(enc) >= cfg.mllm.max_context:
+    while usage.new_tokens < opts.max_new_tokens:
+        if len(enc) + 1 > cfg.mllm.max_context:
             reason = "context"
             break
-        logits = mllm.forward_logits(enc)[-1]
-        if images >= opts.max_images:
+        logits = session.logits.clone()
+        if usage.images >= opts.max_images:
             logits[bov] = float("-inf")
-        forced = opts.force_bov_every is not None and run >= opts.force_bov_every and images < opts.max_images
+        can_draw = usage.images < opts.max_images
+        forced = can_draw and (
+            (opts.force_bov and usage.new_tokens == 0)
+            or (opts.force_bov_every is not None and run >= opts.force_bov_every)
+        )
         token = bov if forced else pick_token(logits, opts.temperature, opts.top_p, generator)
-        new_tokens += 1
+        usage.new_tokens += 1
         if token == end:
             reason = "stop"
             break
         if token != bov:
             enc = append_tokens(enc, [token], mllm.tokenizer)
+            session.advance(enc)
             text_ids.append(token)
             run += 1
             decoded = mllm.tokenizer.decode(text_ids)
             if not decoded.endswith("\ufffd") and len(decoded) > len(emitted):
                 yield TextDelta(decoded[len(emitted) :])
+                written += decoded[len(emitted) :]
                 emitted = decoded
+            if any(s in written for s in opts.stop):
+                reason = "stop"
+                break
             continue
-        yield ImageStarted(images)
-        text, negative = pair.text_streams(enc, len(enc))
-        enc = append_tokens(enc, [bov], mllm.tokenizer)
-        w, h = fit_to_multiple(Image.new("RGB", last_size), multiple).size
-        conditions = latents[-(cfg.dit.max_frames - 1) :] if cfg.dit.max_frames > 1 else []
+
+        # <BOV>: draw, conditioned on earlier images and on the hidden states before <BOV>
+        started = time.perf_counter()
+        w, h = fit_to_multiple(Image.new("RGB", last_size), pair.pixel_multiple).size
+        with_bov = append_tokens(enc, [bov], mllm.tokenizer)
+        placeholder = append_image(with_bov, Image.new("RGB", (w, h)), mllm.tokenizer, mllm.image_processor,
+                                   cfg.mllm.max_image_side)  # fmt: skip
+        if len(placeholder) > cfg.mllm.max_context:
+            reason = "context"
+            break
+        yield ImageStarted(usage.images)
+        text = session.text_stream(len(enc))
+        negative = drop_last_text_chunk(text, last_text_chunk_mask(enc.chunk_ids, len(enc)))
+        conditions = latents.conditions(cfg.dit.max_frames - 1)
+        dit_start = time.perf_counter()
         latent = sample_latent(pair.dit, conditions, (h // pair.vae.compression, w // pair.vae.compression),
                                text, negative, flow, generator)  # fmt: skip
+        dit_seconds = time.perf_counter() - dit_start
         image = pair.vae.decode_image(latent)
-        latents.append(pair.vae.encode_image(image, multiple))
-        enc = append_image(enc, image, mllm.tokenizer, mllm.image_processor, cfg.mllm.max_image_side)
+        enc = append_image(with_bov, image, mllm.tokenizer, mllm.image_processor, cfg.mllm.max_image_side)
+        session.advance(enc)
+        latents.add(image)
         last_size = image.size
-        yield ImageDone(images, image)
-        images += 1
+        usage.dit_seconds += dit_seconds
+        usage.non_dit_seconds_per_image.append(time.perf_counter() - started - dit_seconds)
+        yield ImageDone(usage.images, image)
+        usage.images += 1
         run, text_ids, emitted = 0, [], ""
-    yield Finished(reason, new_tokens, images)
+    usage.mllm_prefill_tokens = session.prefill_tokens
+    yield Finished(reason, usage)

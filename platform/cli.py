@@ -6,9 +6,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
-
-DEMO_PROMPT = "Show me how to move the red circle to the right, one picture per step."
 
 
 def _count(module) -> int:
@@ -49,64 +46,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Build the tiny pair (or load --model), run one interleaved generation, write an HTML page."""
-    import torch
-    from duogen.model.generate import (
-        Finished,
-        GenerationOptions,
-        ImageDone,
-        ImageStarted,
-        TextDelta,
-        generate,
-    )
-    from duogen.model.pair import DuoGenPair
-    from duogen.model.presets import get_preset
-    from duogen.platform.html_page import write_page
-    from tqdm import tqdm
-
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    if args.model:
-        pair = DuoGenPair.from_pretrained(args.model)
-    else:
-        pair = DuoGenPair.build(get_preset(args.preset), seed=args.seed)
-        pair.save_pretrained(out / "model")
-    options = GenerationOptions(
-        max_new_tokens=args.max_new_tokens,
-        max_images=args.images,
-        force_bov_every=args.force_bov_every,
-        seed=args.seed,
-        image_size=(args.size, args.size),
-    )
-    parts: list = []
-    finished = None
-    with tqdm(total=args.max_new_tokens, desc="generating", unit="tok", disable=args.quiet) as bar:
-        for event in generate(pair, [{"role": "user", "content": args.prompt}], options):
-            if isinstance(event, TextDelta):
-                if parts and isinstance(parts[-1], str):
-                    parts[-1] += event.text
-                else:
-                    parts.append(event.text)
-                bar.update(1)
-            elif isinstance(event, ImageStarted):
-                bar.set_postfix_str(f"drawing image {event.index + 1}")
-                bar.update(1)
-            elif isinstance(event, ImageDone):
-                parts.append(event.image)
-                bar.set_postfix_str(f"{event.index + 1} image(s) drawn")
-            elif isinstance(event, Finished):
-                finished = event
-    page = write_page(
-        [("user", [args.prompt]), ("assistant", parts)], out, f"DuoGen demo ({pair.config.name})"
-    )
-    summary = {"page": str(page), "images": finished.images, "new_tokens": finished.new_tokens,
-               "finish_reason": finished.reason}  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="duogen",
@@ -119,21 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     info.set_defaults(func=cmd_info)
 
-    demo = sub.add_parser("demo", help="one interleaved generation written as an HTML page",
-                          description=cmd_demo.__doc__)  # fmt: skip
-    demo.add_argument("--out", default="outputs/demo", help="folder for page.html, images and the model")
-    demo.add_argument("--model", default=None, help="a saved pair directory (default: build the preset)")
-    demo.add_argument("--preset", default="tiny", help="preset to build when --model is not given")
-    demo.add_argument("--prompt", default=DEMO_PROMPT, help="the user's request")
-    demo.add_argument("--images", type=int, default=2, help="most images to draw (default: 2)")
-    demo.add_argument("--max-new-tokens", type=int, default=48, help="most tokens to generate (default: 48)")
-    demo.add_argument("--force-bov-every", type=int, default=12,
-                      help="force <BOV> after this many text tokens, so an untrained model still draws "
-                           "(default: 12; 0 lets the model decide)")  # fmt: skip
-    demo.add_argument("--size", type=int, default=64, help="side of drawn images in pixels (default: 64)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (weights and sampling)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bar")
-    demo.set_defaults(func=cmd_demo)
+    from duogen.platform.cli_generate import add_generate
+
+    add_generate(sub)
 
     from duogen.platform.cli_curate import add_curate
 

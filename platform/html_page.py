@@ -17,9 +17,12 @@ pre { white-space: pre-wrap; font-family: inherit; margin: 0.3em 0; }
 """
 
 
-def write_page(turns: list[tuple[str, list[str | Image.Image]]], out_dir: str | Path, title: str) -> Path:
-    """`turns`: (role, parts) with parts text or PIL images, in order. Returns the page's path."""
-    out = Path(out_dir)
+def write_page(turns: list[tuple[str, list[str | Image.Image]]], out: str | Path, title: str) -> Path:
+    """`turns`: (role, parts) with parts text or PIL images, in order; `out` is a folder (page.html goes in
+    it) or an .html path (images go beside it). Returns the page's path."""
+    out = Path(out)
+    page = out if out.suffix.lower() in (".html", ".htm") else out / "page.html"
+    out = page.parent
     out.mkdir(parents=True, exist_ok=True)
     body, n = [], 0
     for role, parts in turns:
@@ -27,13 +30,12 @@ def write_page(turns: list[tuple[str, list[str | Image.Image]]], out_dir: str | 
         for part in parts:
             if isinstance(part, Image.Image):
                 n += 1
-                name = f"image_{n:02d}.png"
+                name = f"{page.stem}_image_{n:02d}.png"
                 part.save(out / name)
                 body.append(f'<img src="{name}" alt="image {n}">')
             elif part:
                 body.append(f"<pre>{html.escape(part)}</pre>")
         body.append("</div>")
-    page = out / "page.html"
     page.write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(body)}</body></html>"

@@ -19,8 +19,18 @@ def run(*args, cwd=None):
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["info"], ["demo"], ["curate"], ["curate", "toyworld"], ["curate", "web"], ["curate", "video"],
-     ["curate", "alignment"], ["curate", "synthetic"]],
+    [
+        [],
+        ["info"],
+        ["demo"],
+        ["generate"],
+        ["curate"],
+        ["curate", "toyworld"],
+        ["curate", "web"],
+        ["curate", "video"],
+        ["curate", "alignment"],
+        ["curate", "synthetic"],
+    ],
 )
 def test_every_command_has_help(command):
     res = run(*command, "--help")
@@ -49,17 +59,66 @@ def test_demo_writes_an_interleaved_page(tmp_path):
     assert summary["images"] == 2
     page = Path(summary["page"]).read_text()
     assert page.count("<img ") == 2 and "move the red circle" in page
-    assert (tmp_path / "demo" / "image_01.png").exists() and (tmp_path / "demo" / "image_02.png").exists()
+    assert (tmp_path / "demo" / "page_image_01.png").exists() and (
+        tmp_path / "demo" / "page_image_02.png"
+    ).exists()
     # the saved model loads back and runs the same demo
     again = run(
         "demo", "--model", str(tmp_path / "demo" / "model"), "--out", str(tmp_path / "again"), "--quiet"
     )
     assert again.returncode == 0, again.stderr
-    a = (tmp_path / "demo" / "image_01.png").read_bytes()
-    assert a == (tmp_path / "again" / "image_01.png").read_bytes()
+    a = (tmp_path / "demo" / "page_image_01.png").read_bytes()
+    assert a == (tmp_path / "again" / "page_image_01.png").read_bytes()
 
 
 def test_demo_with_a_missing_model_dir_fails_clearly(tmp_path):
     res = run("demo", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet")
     assert res.returncode == 2
     assert "duogen_config.json is missing" in res.stderr
+
+
+def test_generate_answers_with_a_saved_pair_and_input_image(tmp_path):
+    from PIL import Image
+
+    made = run("demo", "--out", str(tmp_path / "demo"), "--quiet", "--images", "1", "--max-new-tokens", "4")
+    assert made.returncode == 0, made.stderr
+    Image.new("RGB", (96, 48), "red").save(tmp_path / "in.png")
+    res = run(
+        "generate",
+        "--model",
+        str(tmp_path / "demo" / "model"),
+        "--prompt",
+        "Move it right.",
+        "--image",
+        str(tmp_path / "in.png"),
+        "--out",
+        str(tmp_path / "ans" / "answer.html"),
+        "--force-bov",
+        "--images",
+        "1",
+        "--max-new-tokens",
+        "6",
+        "--steps",
+        "3",
+        "--quiet",
+    )
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["images"] == 1 and summary["vae_encodes"] == 2  # the input image and the drawn one, once
+    page = (tmp_path / "ans" / "answer.html").read_text()
+    assert page.count("<img ") == 2  # the user's image and the drawn one
+    drawn = Image.open(tmp_path / "ans" / "answer_image_02.png")
+    assert drawn.size == (96, 48)  # a drawing follows the size of the last image
+    bad = run(
+        "generate",
+        "--model",
+        str(tmp_path / "demo" / "model"),
+        "--prompt",
+        "x",
+        "--image",
+        str(tmp_path / "missing.png"),
+        "--out",
+        str(tmp_path / "x.html"),
+        "--quiet",
+    )
+    assert bad.returncode == 2 and "cannot read image" in bad.stderr

@@ -1,5 +1,6 @@
-"""The plain interleaved loop: events in order, <BOV> triggers an image, seeded, limits respected."""
+"""The interleaved loop: events in order, <BOV> triggers an image, caches change nothing, limits hold."""
 
+import numpy as np
 import pytest
 from duogen.model.errors import DuoGenInputError
 from duogen.model.generate import Finished, GenerationOptions, ImageDone, ImageStarted, TextDelta, generate
@@ -44,21 +45,22 @@ def test_seeded_generation_is_reproducible(pair):
 
 
 def test_an_emitted_bov_triggers_an_image(pair, monkeypatch):
-    """No forcing: when the model's own logits pick <BOV> (here: the first step's), the loop draws."""
-    original = pair.mllm.forward_logits
-    calls = []
+    """No forcing: when the model's own logits pick <BOV> (here: after the prompt), the loop draws."""
+    from duogen.model import session as session_module
 
-    def biased(enc):
-        logits = original(enc)
-        calls.append(len(enc))
-        if len(calls) == 1:
-            logits[-1, pair.mllm.bov_token_id] = logits[-1].max() + 10
-        return logits
+    original = session_module.MLLMSession.advance
+    fed = []
 
-    monkeypatch.setattr(pair.mllm, "forward_logits", biased)
+    def biased(self, enc):
+        original(self, enc)
+        fed.append(len(enc))
+        if len(fed) == 1:
+            self.logits[pair.mllm.bov_token_id] = self.logits.max() + 10
+
+    monkeypatch.setattr(session_module.MLLMSession, "advance", biased)
     events = _run(pair, max_images=3, max_new_tokens=4)
     assert isinstance(events[0], ImageStarted) and isinstance(events[1], ImageDone)
-    assert calls[1] > calls[0] + 1  # <BOV> and the image's vision tokens joined the context
+    assert fed[1] > fed[0] + 1  # <BOV> and the image's vision tokens joined the context in one step
 
 
 def test_max_images_stops_bov(pair):
@@ -81,3 +83,67 @@ def test_user_image_sets_the_size_of_the_drawing(pair):
 def test_bad_conversations(pair, conv, words):
     with pytest.raises(DuoGenInputError, match=words):
         _run(pair, conv)
+
+
+def _collect(events):
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    images = [e.image for e in events if isinstance(e, ImageDone)]
+    return text, images, events[-1]
+
+
+def test_cached_and_uncached_loops_agree(pair):
+    conv = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (64, 64), "red")},
+                                          {"type": "text", "text": "move it right, then left"}]}]  # fmt: skip
+    kw = {"force_bov_every": 3, "max_images": 3, "max_new_tokens": 14, "seed": 3}
+    text_c, images_c, fin_c = _collect(_run(pair, conv, use_cache=True, **kw))
+    text_n, images_n, fin_n = _collect(_run(pair, conv, use_cache=False, **kw))
+    assert text_c == text_n and len(images_c) == len(images_n) == 3
+    for a, b in zip(images_c, images_n, strict=True):
+        diff = np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int))
+        assert diff.max() <= 2, diff.max()  # float summation order differs between the paths, not the result
+    assert fin_c.usage.vae_encodes == 4  # the user's image and each drawn image, once
+    assert fin_n.usage.vae_encodes == 1 + 2 + 3  # every earlier image again for each new one
+    assert fin_c.usage.mllm_prefill_tokens < fin_n.usage.mllm_prefill_tokens / 3
+
+
+def test_force_bov_draws_first_and_stop_strings_end_the_turn(pair):
+    events = _run(pair, force_bov=True, max_images=1, max_new_tokens=30)
+    assert isinstance(events[0], ImageStarted)
+    text, _, _ = _collect(events)
+    assert text, "the untrained model writes something after the image"
+    stop = text[:2]
+    stopped = _run(pair, force_bov=True, max_images=1, max_new_tokens=30, stop=(stop,))
+    text_s, _, fin = _collect(stopped)
+    assert fin.reason == "stop" and stop in text_s and len(text_s) <= len(text)
+
+
+def test_context_policy_never_cuts_an_image(pair):
+    import dataclasses
+
+    small = dataclasses.replace(pair.config, mllm=dataclasses.replace(pair.config.mllm, max_context=40))
+    tight = DuoGenPair(small, pair.mllm, pair.dit, pair.vae)
+    opts = GenerationOptions(force_bov_every=2, max_images=4, max_new_tokens=50)
+    events = list(generate(tight, [{"role": "user", "content": "hi"}], opts))
+    fin = events[-1]
+    assert fin.reason == "context"
+    starts = sum(isinstance(e, ImageStarted) for e in events)
+    assert starts == sum(isinstance(e, ImageDone) for e in events)
+
+
+def test_frame_budget_keeps_the_most_recent_images(pair, monkeypatch):
+    import dataclasses
+
+    from duogen.model import generate as generate_module
+
+    seen = []
+    real = generate_module.sample_latent
+
+    def spy(dit, conditions, *args, **kwargs):
+        seen.append(len(conditions))
+        return real(dit, conditions, *args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "sample_latent", spy)
+    small = dataclasses.replace(pair.config, dit=dataclasses.replace(pair.config.dit, max_frames=3))
+    capped = DuoGenPair(small, pair.mllm, pair.dit, pair.vae)
+    list(generate(capped, PROMPT, GenerationOptions(force_bov_every=1, max_images=4, max_new_tokens=8)))
+    assert seen == [0, 1, 2, 2]

@@ -1,0 +1,85 @@
+"""An MLLM conversation held in the KV cache, fed incrementally, with every layer's hidden states kept.
+
+`advance(enc)` runs only the tokens of `enc` the session has not seen yet (new text, or a whole image block
+after `<BOV>`) through Qwen2.5-VL with the KV cache, so the cache is extended and never refilled. The 3-D
+(mRoPE) positions of the new chunk are computed on the chunk alone and shifted by the next free position,
+which gives exactly the positions of a full-sequence pass. Each fed token's hidden states of all decoder
+layers are normalised and concatenated once (the connector's input, per token), so the DiT's text stream
+for a `<BOV>` at position p is a slice, not a re-run of the prompt.
+
+With `use_cache=False` the same API re-runs the whole sequence every time: the reference the cached path
+must reproduce, and the baseline of the cache benchmark.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from .chat import EncodedConversation
+from .connector import stack_layers
+from .mllm import DuoGenMLLM
+
+
+class MLLMSession:
+    def __init__(self, mllm: DuoGenMLLM, use_cache: bool = True, norm_eps: float = 1e-8) -> None:
+        self.mllm = mllm
+        self.use_cache = use_cache
+        self.norm_eps = norm_eps
+        self.cache = DynamicCache(config=mllm.model.config) if use_cache else None
+        self.fed = 0  # tokens of the conversation already in the cache
+        self.next_position = 0  # first free (1-D) mRoPE position
+        self.stream: torch.Tensor | None = None  # [T, layers * hidden]: connector input per token
+        self.logits: torch.Tensor | None = None  # next-token logits after the last fed token
+        self.prefill_tokens = 0  # tokens run through the MLLM (the cost the cache saves)
+
+    def __len__(self) -> int:
+        return self.fed
+
+    def _positions(self, ids: torch.Tensor, mm: torch.Tensor, grids: torch.Tensor | None, start: int):
+        pos, _ = self.mllm.model.model.get_rope_index(ids[None], mm[None], image_grid_thw=grids)
+        return pos + start
+
+    @torch.no_grad()
+    def advance(self, enc: EncodedConversation) -> None:
+        """Run the tokens of `enc` past `self.fed` (all of `enc` without the cache)."""
+        start = self.fed if self.use_cache else 0
+        if start >= len(enc):
+            return
+        ids, mm = enc.input_ids[start:], enc.mm_token_type_ids[start:]
+        images = [k for k, (s, _) in enumerate(enc.image_spans) if s >= start]
+        pixel_values = grids = None
+        if images:
+            grids = enc.image_grid_thw[images]
+            counts = enc.image_grid_thw.prod(-1).tolist()
+            first = int(sum(counts[: images[0]]))
+            pixel_values = enc.pixel_values[first : first + int(grids.prod(-1).sum())]
+        offset = self.next_position if self.use_cache else 0
+        positions = self._positions(ids, mm, grids, offset)
+        dev = self.mllm.device
+        out = self.mllm.model.model(
+            input_ids=ids[None].to(dev),
+            pixel_values=None if pixel_values is None else pixel_values.to(dev),
+            image_grid_thw=None if grids is None else grids.to(dev),
+            mm_token_type_ids=mm[None].to(dev),
+            position_ids=positions.to(dev),
+            past_key_values=self.cache,
+            use_cache=self.use_cache,
+            output_hidden_states=True,
+        )
+        layers = torch.stack(out.hidden_states[1:], dim=0)[:, 0]  # [L, n, H]
+        rows = stack_layers(layers, eps=self.norm_eps)
+        self.stream = rows if self.stream is None or not self.use_cache else torch.cat([self.stream, rows])
+        self.logits = self.mllm.model.lm_head(out.last_hidden_state[0, -1])
+        self.prefill_tokens += int(ids.shape[0])
+        self.fed = len(enc)
+        self.next_position = int(positions.max()) + 1
+
+    def text_stream(self, upto: int) -> torch.Tensor:
+        """Connector input for the tokens before position `upto` (a `<BOV>`), from the kept hidden states."""
+        if self.stream is None or upto > self.stream.shape[0]:
+            raise ValueError(
+                f"hidden states cover {0 if self.stream is None else self.stream.shape[0]} tokens, "
+                f"asked for {upto}"
+            )
+        return self.stream[:upto]

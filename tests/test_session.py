@@ -1,0 +1,55 @@
+"""The KV-cached MLLM session: incremental feeding equals a full forward pass, hidden states included."""
+
+import pytest
+import torch
+from duogen.model.chat import append_image, append_tokens
+from duogen.model.connector import stack_layers
+from duogen.model.mllm import DuoGenMLLM
+from duogen.model.presets import tiny
+from duogen.model.session import MLLMSession
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def mllm():
+    return DuoGenMLLM.build(tiny().mllm, seed=0)
+
+
+def _grow(mllm, session=None):
+    """A conversation fed in steps: prompt with an image, text, <BOV> + a generated image, more text."""
+    conv = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (64, 64), "red")},
+                                          {"type": "text", "text": "move it"}]}]  # fmt: skip
+    enc = mllm.encode(conv, add_generation_prompt=True)
+    steps = [enc]
+    enc = append_tokens(enc, [65, 66], mllm.tokenizer)
+    steps.append(enc)
+    enc = append_tokens(enc, [mllm.bov_token_id], mllm.tokenizer)
+    enc = append_image(enc, Image.new("RGB", (56, 84), "blue"), mllm.tokenizer, mllm.image_processor)
+    steps.append(enc)
+    enc = append_tokens(enc, [67], mllm.tokenizer)
+    steps.append(enc)
+    if session is not None:
+        for e in steps:
+            session.advance(e)
+    return enc
+
+
+def test_incremental_hidden_states_equal_a_full_forward(mllm):
+    session = MLLMSession(mllm, use_cache=True)
+    enc = _grow(mllm, session)
+    full_layers = mllm.layer_hidden_states(enc)
+    torch.testing.assert_close(session.text_stream(len(enc)), stack_layers(full_layers), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(session.logits, mllm.forward_logits(enc)[-1], atol=1e-5, rtol=1e-5)
+    assert session.prefill_tokens == len(enc)  # every token ran through the MLLM exactly once
+
+
+def test_uncached_session_reruns_everything(mllm):
+    cached, plain = MLLMSession(mllm, use_cache=True), MLLMSession(mllm, use_cache=False)
+    enc = _grow(mllm, cached)
+    _grow(mllm, plain)
+    assert plain.prefill_tokens > 2 * cached.prefill_tokens
+    torch.testing.assert_close(
+        plain.text_stream(len(enc)), cached.text_stream(len(enc)), atol=1e-5, rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="hidden states cover"):
+        cached.text_stream(len(enc) + 1)
