@@ -272,6 +272,13 @@ def append_image(
     )
 
 
+def image_token_count(size: tuple[int, int], image_processor, max_image_side: int = 480) -> int:
+    """Tokens an image of `size` (w, h) adds: `<|vision_start|>`, its pads and `<|vision_end|>`."""
+    patch, merge = int(image_processor.patch_size), int(image_processor.merge_size)
+    w, h = prepare_image(Image.new("RGB", size), max_image_side, patch * merge).size
+    return (w // patch) * (h // patch) // merge**2 + 2
+
+
 def _text(tokenizer, s: str) -> list[int]:
     return tokenizer.encode(s, add_special_tokens=False, split_special_tokens=True) if s else []
 

@@ -22,11 +22,14 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from .chat import ImagePart, append_image, append_tokens, last_text_chunk_mask, to_turns
+from .chat import ImagePart, append_image, append_tokens, image_token_count, last_text_chunk_mask, to_turns
 from .flow import drop_last_text_chunk, sample_latent
 from .pair import DuoGenPair
 from .session import MLLMSession
+from .tokenizer import ENDOFTEXT, IM_START, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_PAD, VISION_START
 from .vae import fit_to_multiple
+
+NOT_GENERATED = (ENDOFTEXT, IM_START, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_PAD, VISION_START)
 
 
 @dataclass
@@ -129,8 +132,11 @@ class _Latents:
 def generate(pair: DuoGenPair, conversation, options: GenerationOptions | None = None) -> Iterator[Event]:
     opts = options or GenerationOptions()
     mllm, cfg = pair.mllm, pair.config
-    overrides = {"guidance_scale": opts.guidance_scale, "num_inference_steps": opts.num_inference_steps,
-                 "sampler": opts.sampler}  # fmt: skip
+    overrides = {
+        "guidance_scale": opts.guidance_scale,
+        "num_inference_steps": opts.num_inference_steps,
+        "sampler": opts.sampler,
+    }
     flow = dataclasses.replace(cfg.flow, **{k: v for k, v in overrides.items() if v is not None})
     generator = torch.Generator().manual_seed(opts.seed)
     usage = Usage()
@@ -143,6 +149,9 @@ def generate(pair: DuoGenPair, conversation, options: GenerationOptions | None =
     session = MLLMSession(mllm, use_cache=opts.use_cache, norm_eps=cfg.connector.norm_eps)
     session.advance(enc)
     bov, end = mllm.bov_token_id, mllm.im_end_token_id
+    # Structure tokens are the loop's to place, never the model's to write: a sampled <|image_pad|> would
+    # claim an image that does not exist.
+    banned = [mllm.tokenizer.convert_tokens_to_ids(t) for t in NOT_GENERATED]
     text_ids: list[int] = []
     written = emitted = ""
     run = 0
@@ -152,6 +161,7 @@ def generate(pair: DuoGenPair, conversation, options: GenerationOptions | None =
             reason = "context"
             break
         logits = session.logits.clone()
+        logits[banned] = float("-inf")
         if usage.images >= opts.max_images:
             logits[bov] = float("-inf")
         can_draw = usage.images < opts.max_images
@@ -182,10 +192,8 @@ def generate(pair: DuoGenPair, conversation, options: GenerationOptions | None =
         # <BOV>: draw, conditioned on earlier images and on the hidden states before <BOV>
         started = time.perf_counter()
         w, h = fit_to_multiple(Image.new("RGB", last_size), pair.pixel_multiple).size
-        with_bov = append_tokens(enc, [bov], mllm.tokenizer)
-        placeholder = append_image(with_bov, Image.new("RGB", (w, h)), mllm.tokenizer, mllm.image_processor,
-                                   cfg.mllm.max_image_side)  # fmt: skip
-        if len(placeholder) > cfg.mllm.max_context:
+        needed = 1 + image_token_count((w, h), mllm.image_processor, cfg.mllm.max_image_side)
+        if len(enc) + needed > cfg.mllm.max_context:
             reason = "context"
             break
         yield ImageStarted(usage.images)
@@ -193,10 +201,18 @@ def generate(pair: DuoGenPair, conversation, options: GenerationOptions | None =
         negative = drop_last_text_chunk(text, last_text_chunk_mask(enc.chunk_ids, len(enc)))
         conditions = latents.conditions(cfg.dit.max_frames - 1)
         dit_start = time.perf_counter()
-        latent = sample_latent(pair.dit, conditions, (h // pair.vae.compression, w // pair.vae.compression),
-                               text, negative, flow, generator)  # fmt: skip
+        latent = sample_latent(
+            pair.dit,
+            conditions,
+            (h // pair.vae.compression, w // pair.vae.compression),
+            text,
+            negative,
+            flow,
+            generator,
+        )
         dit_seconds = time.perf_counter() - dit_start
         image = pair.vae.decode_image(latent)
+        with_bov = append_tokens(enc, [bov], mllm.tokenizer)
         enc = append_image(with_bov, image, mllm.tokenizer, mllm.image_processor, cfg.mllm.max_image_side)
         session.advance(enc)
         latents.add(image)

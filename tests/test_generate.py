@@ -147,3 +147,21 @@ def test_frame_budget_keeps_the_most_recent_images(pair, monkeypatch):
     capped = DuoGenPair(small, pair.mllm, pair.dit, pair.vae)
     list(generate(capped, PROMPT, GenerationOptions(force_bov_every=1, max_images=4, max_new_tokens=8)))
     assert seen == [0, 1, 2, 2]
+
+
+def test_structure_tokens_are_never_generated(pair, monkeypatch):
+    """Even a model that prefers <|image_pad|> cannot write one: it would claim an image that is not there."""
+    from duogen.model import session as session_module
+
+    pad = pair.mllm.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    original = session_module.MLLMSession.advance
+
+    def biased(self, enc):
+        original(self, enc)
+        self.logits[pad] = self.logits.max() + 50
+
+    monkeypatch.setattr(session_module.MLLMSession, "advance", biased)
+    events = _run(pair, max_new_tokens=5, max_images=0)
+    assert events[-1].usage.new_tokens == 5 and "<|image_pad|>" not in "".join(
+        e.text for e in events if isinstance(e, TextDelta)
+    )
