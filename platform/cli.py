@@ -15,6 +15,7 @@ def _count(module) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     """Parameter counts per part; the production preset is built on the meta device (no memory)."""
     import torch
+
     from duogen.model.dit import DuoGenDiT
     from duogen.model.mllm import hf_config
     from duogen.model.presets import get_preset

@@ -31,9 +31,10 @@ def _options(args: argparse.Namespace):
 
 def write_answer(pair, conversation, user_parts: list, options, out: Path, title: str, quiet: bool) -> dict:
     """Run the loop with a progress bar, write the page, return a summary (also written as JSON)."""
+    from tqdm import tqdm
+
     from duogen.model.generate import Finished, ImageDone, ImageStarted, TextDelta, generate
     from duogen.platform.html_page import write_page
-    from tqdm import tqdm
 
     parts: list = []
     finished = None
@@ -71,6 +72,7 @@ def write_answer(pair, conversation, user_parts: list, options, out: Path, title
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build the tiny pair (or load --model), run one interleaved generation, write an HTML page."""
     import torch
+
     from duogen.model.pair import DuoGenPair
     from duogen.model.presets import get_preset
 
@@ -97,9 +99,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Answer a prompt (and optional images) with a saved pair; the page shows text and pictures in order."""
+    from PIL import Image, UnidentifiedImageError
+
     from duogen.model.errors import DuoGenInputError
     from duogen.model.pair import DuoGenPair
-    from PIL import Image, UnidentifiedImageError
 
     images = []
     for path in args.image or []:

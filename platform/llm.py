@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+
 from duogen.platform.prompts import PromptError, PromptLibrary
 
 __all__ = [

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
+from transformers import AutoTokenizer
+
 from duogen.model.chat import (
     IGNORE_INDEX,
     ImagePart,
@@ -20,8 +23,6 @@ from duogen.model.chat import (
 from duogen.model.errors import DuoGenInputError
 from duogen.model.presets import tiny
 from duogen.model.tokenizer import QWEN_SPECIAL_TOKENS, build_tokenizer
-from PIL import Image
-from transformers import AutoTokenizer
 
 CFG = tiny().mllm
 TOK = build_tokenizer(CFG.bov_token)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from duogen.model.config import DuoGenConfig
 from duogen.model.dit import DuoGenDiT
 from duogen.model.presets import PRESETS, get_preset

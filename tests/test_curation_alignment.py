@@ -2,9 +2,10 @@
 
 import json
 
+from PIL import Image
+
 from duogen.components.curation.alignment import alignment_stage
 from duogen.components.curation.executor import StageContext, WorkUnit
-from PIL import Image
 
 
 def _img(path, colour):

@@ -8,6 +8,8 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from PIL import Image
+
 from duogen.components.curation.executor import StageContext, WorkUnit, plan, run_stage
 from duogen.components.curation.shards import read_manifest, read_shard
 from duogen.components.curation.synthetic import (
@@ -28,7 +30,6 @@ from duogen.components.curation.synthetic import (
 )
 from duogen.components.toyworld.checker import compare, find_shapes
 from duogen.components.toyworld.serialize import task_from_json
-from PIL import Image
 
 PER_SEED = 6
 

@@ -6,6 +6,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
 from duogen.components.curation.executor import StageContext, WorkUnit, plan, run_stage
 from duogen.components.curation.sample import Sample, sha256
 from duogen.components.curation.shards import read_shard
@@ -17,7 +19,6 @@ from duogen.components.curation.video import (
     video_stage,
 )
 from duogen.components.toyworld import make_videos
-from PIL import Image
 
 N_VIDEOS, N_CORRUPT = 6, 2
 

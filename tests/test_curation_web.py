@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
 from duogen.components.curation.executor import StageContext, WorkUnit
 from duogen.components.curation.shards import read_shard
 from duogen.components.curation.web import web_stage
 from duogen.components.curation.web_eval import evaluate
 from duogen.components.toyworld.pages import make_site
-from PIL import Image
 
 DUOGEN = str(Path(sys.executable).parent / "duogen")
 DATA = Path(__file__).parent / "data"

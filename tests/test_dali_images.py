@@ -4,10 +4,11 @@ import io
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from duogen.components.curation.sample import Lineage, Part, Sample, Turn
 from duogen.components.curation.shards import write_shard
 from duogen.components.training.dali_images import DaliImageLoader
-from PIL import Image
 
 
 def _encoded(colour, size, fmt):

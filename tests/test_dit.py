@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from duogen.model.diffusers_compat import dense_forward, diffusers_cosmos
 from duogen.model.dit import DuoGenDiT
 from duogen.model.errors import CheckpointMismatchError, DuoGenInputError

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+
 from duogen.model.dit import DuoGenDiT
 from duogen.model.errors import DuoGenInputError
 from duogen.model.flow import (

@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from duogen.model.errors import DuoGenInputError
 from duogen.model.generate import Finished, GenerationOptions, ImageDone, ImageStarted, TextDelta, generate
 from duogen.model.pair import DuoGenPair
 from duogen.model.presets import tiny
-from PIL import Image
 
 PROMPT = [{"role": "user", "content": "Draw a red circle, then move it right."}]
 

@@ -7,6 +7,7 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
 from duogen.platform.llm import (
     LLMError,
     OfflineBackend,

@@ -6,13 +6,14 @@ import dataclasses
 
 import pytest
 import torch
+from PIL import Image
+from transformers import Qwen2_5_VLForConditionalGeneration
+
 from duogen.model.config import MLLMConfig
 from duogen.model.errors import CheckpointMismatchError
 from duogen.model.mllm import DUOGEN_FILE, DuoGenMLLM, hf_config
 from duogen.model.presets import tiny
 from duogen.model.tokenizer import build_tokenizer
-from PIL import Image
-from transformers import Qwen2_5_VLForConditionalGeneration
 
 QWEN25_VL_7B_PARAMS = 8_292_166_656
 

@@ -4,6 +4,8 @@ import json
 
 import pytest
 import torch
+from PIL import Image
+
 from duogen.model.chat import last_text_chunk_mask
 from duogen.model.errors import CheckpointMismatchError, DuoGenInputError
 from duogen.model.flow import sample_latent
@@ -11,7 +13,6 @@ from duogen.model.images import to_rgb
 from duogen.model.pair import DuoGenPair
 from duogen.model.presets import tiny
 from duogen.model.vae import DuoGenVAE
-from PIL import Image
 
 CONV = [
     {"role": "user", "content": [{"type": "text", "text": "move it"}, {"type": "image",

@@ -5,9 +5,10 @@ import json
 import tarfile
 
 import pytest
+from PIL import Image
+
 from duogen.components.curation.sample import Lineage, Part, Sample, SampleFormatError, Turn, sha256
 from duogen.components.curation.shards import manifest_path, read_manifest, read_shard, write_shard
-from PIL import Image
 
 
 def _png(colour) -> bytes:

@@ -2,12 +2,13 @@
 
 import pytest
 import torch
+from PIL import Image
+
 from duogen.model.chat import append_image, append_tokens
 from duogen.model.connector import stack_layers
 from duogen.model.mllm import DuoGenMLLM
 from duogen.model.presets import tiny
 from duogen.model.session import MLLMSession
-from PIL import Image
 
 
 @pytest.fixture(scope="module")

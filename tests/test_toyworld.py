@@ -5,6 +5,8 @@ import random
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from duogen.components.toyworld import (
     Add,
     Move,
@@ -25,7 +27,6 @@ from duogen.components.toyworld import (
     scene_consistency,
     touched_indices,
 )
-from PIL import Image
 
 CFG = WorldConfig()
 RED_CIRCLE = Shape("circle", "red", 16, 16, 12)

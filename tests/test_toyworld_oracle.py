@@ -3,6 +3,8 @@
 import io
 import random
 
+from PIL import Image
+
 from duogen.components.toyworld import (
     Move,
     Scene,
@@ -16,7 +18,6 @@ from duogen.components.toyworld import (
     random_task,
     render,
 )
-from PIL import Image
 
 CFG = WorldConfig()
 SCENE = Scene((Shape("circle", "red", 10, 10, 12), Shape("square", "blue", 32, 32, 20)), 64, 64)

@@ -10,6 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
+
 from duogen.components.toyworld import (
     WorldConfig,
     apply,
@@ -20,7 +22,6 @@ from duogen.components.toyworld import (
     task_from_json,
 )
 from duogen.components.toyworld.pages import NOISE_KINDS, ROLES
-from PIL import Image
 
 CFG = WorldConfig()
 N_PAGES, N_CORRUPT = 200, 8

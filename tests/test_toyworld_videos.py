@@ -4,6 +4,7 @@ import json
 
 import av
 import pytest
+
 from duogen.components.toyworld import (
     apply,
     caption_transition,

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import httpx
+from PIL import Image
+
 from duogen.components.toyworld.render import render
 from duogen.components.toyworld.serialize import task_from_json
 from duogen.components.toyworld.world import (
@@ -36,7 +38,6 @@ from duogen.components.toyworld.world import (
     apply,
 )
 from duogen.platform.llm import image_data_url
-from PIL import Image
 
 from .synthetic_pool import Instruction, normalise
 

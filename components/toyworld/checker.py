@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
-from duogen.components.toyworld.world import Scene, Shape, WorldConfig
 from PIL import Image
+
+from duogen.components.toyworld.world import Scene, Shape, WorldConfig
 
 
 def _components(mask: np.ndarray) -> list[np.ndarray]:

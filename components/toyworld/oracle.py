@@ -8,6 +8,8 @@ action, which lets data-engine stages be scored exactly against the toy world's 
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
+
 from duogen.components.toyworld.checker import find_shapes
 from duogen.components.toyworld.world import (
     DIRECTIONS,
@@ -24,7 +26,6 @@ from duogen.components.toyworld.world import (
     _region,
     describe,
 )
-from PIL import Image
 
 
 def _canvas(image: Image.Image | np.ndarray, cfg: WorldConfig) -> Image.Image:

@@ -15,6 +15,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from PIL import Image, ImageDraw
+
 from duogen.components.toyworld.render import render
 from duogen.components.toyworld.serialize import task_to_json
 from duogen.components.toyworld.world import (
@@ -27,7 +29,6 @@ from duogen.components.toyworld.world import (
     WorldConfig,
     random_task,
 )
-from PIL import Image, ImageDraw
 
 ROLES = ("initial", "step", "ad", "qr", "icon", "tracking_pixel", "duplicate", "near_duplicate", "corrupt")
 # Per-page noise kinds recorded in truth["noise"]; each is planted on roughly 30-60 % of pages.

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from duogen.components.toyworld.world import Scene, WorldConfig
 from PIL import Image, ImageDraw
+
+from duogen.components.toyworld.world import Scene, WorldConfig
 
 
 def render(scene: Scene, cfg: WorldConfig | None = None) -> Image.Image:

@@ -16,6 +16,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+
 from duogen.components.toyworld.render import render
 from duogen.components.toyworld.serialize import action_to_json, scene_to_json, task_to_json
 from duogen.components.toyworld.world import Action, Move, Scene, Swap, WorldConfig, random_task

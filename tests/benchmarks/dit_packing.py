@@ -17,6 +17,7 @@ import statistics
 import time
 
 import torch
+
 from duogen.model.diffusers_compat import dense_forward, diffusers_cosmos
 from duogen.model.dit import DuoGenDiT
 from duogen.model.packing import Frame, pack_samples, unpack

@@ -16,12 +16,14 @@ import statistics
 import time
 
 import torch
+
 from duogen.model.generate import Finished, GenerationOptions, TextDelta, generate
 from duogen.model.pair import DuoGenPair
 from duogen.model.presets import tiny
 
 IMAGES = 8
-TEXT_TOKENS = 40  # before each image: a toy-world step, "Step 3: Move the red circle to the right." is 41 bytes
+# Text before each image: one toy-world step ("Step 3: Move the red circle to the right." is 41 bytes).
+TEXT_TOKENS = 40
 PROMPT = [{"role": "user", "content": "Show me eight steps of moving the red circle around the canvas."}]
 
 
