@@ -1,0 +1,80 @@
+"""From curated shards to training examples for the two stages.
+
+Stage 1 tunes the MLLM: a sample becomes the chat-format token sequence with labels (user turns and vision
+tokens masked, `<BOV>` in the loss). Stage 2 trains connector + DiT with the MLLM frozen: one random target
+image per sequence, the earlier images as condition latents, and the hidden states of every MLLM layer for
+the tokens before the target's `<BOV>` as the text stream (dropped to the empty stream with probability
+`text_dropout`, for CFG).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from duogen.components.curation.sample import Sample
+from duogen.components.curation.shards import read_shard
+from duogen.model.chat import EncodedConversation, ImagePart, TextPart, Turn
+from duogen.model.connector import stack_layers
+from duogen.model.flow import TrainingExample
+from duogen.model.pair import DuoGenPair
+
+
+def iter_samples(shards: Sequence[str | Path]) -> Iterator[tuple[Sample, dict[str, bytes]]]:
+    for shard in shards:
+        yield from read_shard(shard)
+
+
+def to_conversation(sample: Sample, images: dict[str, bytes]) -> list[Turn]:
+    """The sample as chat turns; `<BOV>` markers are implied (the chat format puts one before every assistant
+    image), so they are checked here rather than copied."""
+    turns = []
+    for turn in sample.turns:
+        parts: list[TextPart | ImagePart] = []
+        for i, part in enumerate(turn.parts):
+            if part.type == "text":
+                parts.append(TextPart(part.text))
+            elif part.type == "image":
+                after_bov = i > 0 and turn.parts[i - 1].type == "bov"
+                if (turn.role == "assistant") != after_bov:
+                    raise ValueError(f"sample {sample.id!r}: assistant images (and only they) follow <BOV>")
+                parts.append(ImagePart(Image.open(io.BytesIO(images[part.ref])).convert("RGB")))
+        turns.append(Turn(turn.role, parts))
+    return turns
+
+
+def stage1_example(pair: DuoGenPair, sample: Sample, images: dict[str, bytes]) -> EncodedConversation:
+    return pair.mllm.encode(to_conversation(sample, images))
+
+
+@torch.no_grad()
+def stage2_example(
+    pair: DuoGenPair,
+    sample: Sample,
+    images: dict[str, bytes],
+    rng: random.Random,
+    text_dropout: float = 0.0,
+) -> TrainingExample | None:
+    """One random assistant image as the target; None when the sample has no assistant image."""
+    turns = to_conversation(sample, images)
+    enc = pair.mllm.encode(turns)
+    if not enc.bov_positions:
+        return None
+    all_images = [p.image for t in turns for p in t.parts if isinstance(p, ImagePart)]
+    assistant = [k for k, (s, _) in enumerate(enc.image_spans) if s - 2 in enc.bov_positions]
+    target = rng.choice(assistant)
+    bov = enc.image_spans[target][0] - 2  # <BOV>, <|vision_start|>, pads...
+    keep = pair.config.dit.max_frames
+    first = max(0, target - (keep - 1))
+    latents = [pair.vae.encode_image(im, pair.pixel_multiple) for im in all_images[first : target + 1]]
+    if rng.random() < text_dropout:
+        text = torch.zeros(1, pair.config.connector.in_channels)
+    else:
+        layers = pair.mllm.layer_hidden_states(enc, positions=range(bov))
+        text = stack_layers(layers, eps=pair.config.connector.norm_eps)
+    return TrainingExample(latents=latents, target=len(latents) - 1, text=text)

@@ -1,0 +1,56 @@
+"""Curated shards -> Stage-1 token sequences and Stage-2 flow-matching examples."""
+
+import random
+
+import pytest
+import torch
+
+from duogen.components.curation.executor import StageContext, WorkUnit
+from duogen.components.curation.synthetic import plan_instructions, synthetic_stage
+from duogen.components.training.data import stage1_example, stage2_example, to_conversation
+from duogen.model.chat import IGNORE_INDEX
+from duogen.model.flow import flow_matching_loss
+from duogen.model.pair import DuoGenPair
+from duogen.model.presets import tiny
+
+
+@pytest.fixture(scope="module")
+def samples():
+    inputs = [i for i in plan_instructions(per_seed=1, seed=0) if i["domain"] == "shapes on a canvas"][:4]
+    items = synthetic_stage(WorkUnit(0, inputs), StageContext(0))
+    assert len(items) == 4
+    return items
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return DuoGenPair.build(tiny(), seed=0)
+
+
+def test_stage1_labels_cover_bov_and_assistant_text_only(pair, samples):
+    sample, images = samples[0]
+    enc = stage1_example(pair, sample, images)
+    bov = pair.mllm.bov_token_id
+    n_assistant_images = sum(p.type == "image" for p in sample.turns[1].parts)
+    assert len(enc.bov_positions) == n_assistant_images > 0
+    assert all(enc.labels[p] == bov for p in enc.bov_positions)
+    for s, e in enc.image_spans:
+        assert (enc.labels[s - 1 : e + 1] == IGNORE_INDEX).all()
+
+
+def test_stage2_example_targets_an_assistant_image(pair, samples):
+    sample, images = samples[1]
+    ex = stage2_example(pair, sample, images, random.Random(0))
+    assert ex is not None and ex.target == len(ex.latents) - 1 >= 1  # at least the user's image before it
+    assert ex.text.shape[1] == pair.config.connector.in_channels
+    dropped = stage2_example(pair, sample, images, random.Random(0), text_dropout=1.0)
+    assert dropped.text.abs().sum() == 0 and dropped.text.shape[0] == 1
+    loss = flow_matching_loss(pair.dit, [ex, dropped], pair.config.flow, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+
+
+def test_bov_structure_is_checked(samples):
+    sample, images = samples[2]
+    sample.turns[1].parts = [p for p in sample.turns[1].parts if p.type != "bov"]
+    with pytest.raises(ValueError, match="follow <BOV>"):
+        to_conversation(sample, images)
