@@ -64,8 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate(sub)
 
     from duogen.platform.cli_curate import add_curate
+    from duogen.platform.cli_train import add_train
 
     add_curate(sub)
+    add_train(sub)
     return parser
 
 

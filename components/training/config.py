@@ -1,0 +1,83 @@
+"""Training configuration: one dataclass, read from a JSON or TOML file, with `key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "stage2"  # "stage1" (MLLM only) or "stage2" (connector + DiT, MLLM frozen)
+    model: str = "tiny"  # a preset name (fresh weights) or a saved pair directory
+    shards: list[str] = field(default_factory=list)  # shard files or folders
+    mix: dict[str, float] = field(default_factory=dict)  # stage 2: weight per sample source (empty: as found)
+    out: str = "outputs/train"
+    steps: int = 100
+    batch_size: int = 4  # examples per micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    text_dropout: float = 0.1  # stage 2, for CFG
+    ema: float | None = None  # decay of an EMA of the DiT (stage 2)
+    activation_checkpointing: bool = False
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 50
+    tracking_uri: str | None = None  # MLflow; default: a sqlite file in `out`
+    experiment: str = "duogen"
+    pipeline_run_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("stage1", "stage2"):
+            raise ValueError(f"stage must be 'stage1' or 'stage2', got {self.stage!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("steps, batch_size and grad_accum must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, raw: str) -> Any:
+    default = TrainConfig.__dataclass_fields__[name].type
+    text = str(default)
+    if text.startswith(("list", "dict")) or raw.startswith(("[", "{")):
+        return json.loads(raw)
+    if raw.lower() in ("none", "null"):
+        return None
+    if "bool" in text:
+        return raw.lower() in ("1", "true", "yes")
+    if "int" in text and "float" not in text:
+        return int(raw)
+    if "float" in text:
+        return float(raw)
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a config file (.json or .toml) and apply `key=value` overrides, naming unknown keys."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    fields = TrainConfig.__dataclass_fields__
+    unknown = sorted(set(data) - set(fields))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} is not key=value")
+        if key not in fields:
+            unknown.append(key)
+            continue
+        data[key] = _coerce(key, value)
+    if unknown:
+        raise ValueError(f"unknown training config keys {unknown}; known: {sorted(fields)}")
+    return TrainConfig(**data)

@@ -1,0 +1,132 @@
+"""Both training stages on toy-world shards: they learn, resume exactly, stop cleanly on SIGTERM, track."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from duogen.components.curation.executor import plan, run_stage
+from duogen.components.curation.synthetic import plan_instructions, synthetic_stage
+from duogen.components.training.config import TrainConfig, load_config
+from duogen.components.training.loop import Trainer
+
+DUOGEN = str(Path(sys.executable).parent / "duogen")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    inputs = [i for i in plan_instructions(per_seed=1, seed=0) if i["domain"] == "shapes on a canvas"][:6]
+    run_stage(synthetic_stage, plan(inputs, 3), out, progress=False)
+    return str(out)
+
+
+def _cfg(shards, out, **kw):
+    base = {
+        "shards": [shards],
+        "out": str(out),
+        "steps": 6,
+        "batch_size": 2,
+        "warmup_steps": 2,
+        "lr": 3e-3,
+        "ckpt_every": 100,
+        "log_every": 100,
+    }
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_preempted_run_resumes_on_the_same_loss_curve(shards, tmp_path, stage):
+    whole = Trainer(_cfg(shards, tmp_path / "whole", stage=stage), progress=False).train()
+    assert whole.status == "finished" and len(whole.losses) == 6
+
+    class Evicted(Trainer):
+        def _step(self, step, position):
+            loss = super()._step(step, position)
+            if step == 2:
+                self.stop_requested = True  # what the SIGTERM handler does
+            return loss
+
+    first = Evicted(_cfg(shards, tmp_path / "split", stage=stage), progress=False).train()
+    assert first.status == "preempted" and sorted(first.losses) == [0, 1, 2]
+    second = Trainer(_cfg(shards, tmp_path / "split", stage=stage), progress=False).train()
+    assert second.status == "finished" and sorted(second.losses) == [3, 4, 5]
+    for step in range(6):
+        got = first.losses.get(step, second.losses.get(step))
+        assert got == pytest.approx(whole.losses[step], abs=1e-6), step
+
+
+def test_stage1_trains_only_the_mllm_and_stage2_only_the_dit(shards, tmp_path):
+    import torch
+
+    t1 = Trainer(_cfg(shards, tmp_path / "s1", stage="stage1", steps=1), progress=False)
+    dit_before = {k: v.clone() for k, v in t1.pair.dit.state_dict().items()}
+    t1.train()
+    assert all(torch.equal(v, t1.pair.dit.state_dict()[k]) for k, v in dit_before.items())
+    t2 = Trainer(_cfg(shards, tmp_path / "s2", stage="stage2", steps=1), progress=False)
+    mllm_before = {k: v.clone() for k, v in t2.pair.mllm.state_dict().items()}
+    t2.train()
+    assert not t2.pair.mllm.training
+    assert all(torch.equal(v, t2.pair.mllm.state_dict()[k]) for k, v in mllm_before.items())
+
+
+def test_stage2_loss_goes_down_and_is_tracked(shards, tmp_path):
+    import mlflow
+
+    result = Trainer(_cfg(shards, tmp_path / "s2", stage="stage2", steps=30, ema=0.9), progress=False).train()
+    first = sum(result.losses[s] for s in range(5)) / 5
+    last = sum(result.losses[s] for s in range(25, 30)) / 5
+    assert last < 0.8 * first
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{(tmp_path / 's2' / 'mlflow.db').resolve()}")
+    run = client.get_run(result.run_id)
+    assert run.data.params["stage"] == "stage2" and run.data.tags["checkpoint"].endswith("step-0000030")
+    assert len(client.get_metric_history(result.run_id, "loss")) == 30
+    assert (Path(result.model_dir) / "duogen_config.json").exists()
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert artifacts.is_relative_to((tmp_path / "s2").resolve()) and (artifacts / "model" / "dit").is_dir()
+
+
+def test_config_file_overrides_and_errors(tmp_path):
+    (tmp_path / "c.toml").write_text('stage = "stage1"\nsteps = 7\nmix = { web = 2.0 }\n')
+    cfg = load_config(tmp_path / "c.toml", ["lr=0.5", "ema=0.99", 'shards=["a", "b"]'])
+    got = (cfg.stage, cfg.steps, cfg.lr, cfg.ema, cfg.shards, cfg.mix)
+    assert got == ("stage1", 7, 0.5, 0.99, ["a", "b"], {"web": 2.0})
+    with pytest.raises(ValueError, match="unknown training config keys \\['bogus'\\]"):
+        load_config(None, ["bogus=1"])
+    with pytest.raises(ValueError, match="stage must be"):
+        load_config(None, ["stage=stage3"])
+
+
+def test_cli_sigterm_checkpoints_then_a_rerun_finishes(shards, tmp_path):
+    config = {
+        "shards": [shards],
+        "out": str(tmp_path / "run"),
+        "steps": 400,
+        "batch_size": 1,
+        "ckpt_every": 1000,
+    }
+    (tmp_path / "cfg.json").write_text(json.dumps(config))
+    cmd = [DUOGEN, "train", "stage2", "--config", str(tmp_path / "cfg.json"), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    db = tmp_path / "run" / "mlflow.db"
+    while not db.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(3)  # some steps in
+    os.kill(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["status"] == "preempted" and 0 < summary["step"] < 400
+    ckpt = (tmp_path / "run" / "checkpoints" / "latest").read_text()
+    assert ckpt == f"step-{summary['step']:07d}"
+    rerun = subprocess.run(
+        [*cmd, "--set", f"steps={summary['step'] + 2}"], capture_output=True, text=True, timeout=300
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout.strip().splitlines()[-1])["step"] == summary["step"] + 2
