@@ -1,0 +1,509 @@
+"""Tensor and data parallelism for the DiT, applied from outside to a built model (the torchtitan habit).
+
+The DiT (`duogen.model.dit.DuoGenDiT`) is plain PyTorch and knows nothing of ranks. `parallelize_dit` takes
+a built model whose weights are identical on every rank and swaps, in every transformer block,
+
+- `attn1`/`attn2` `to_q`, `to_k`, `to_v` -> column-parallel (output features split: each rank keeps
+  `heads / tp` whole heads, and `attn.heads` becomes that local count),
+- `attn1`/`attn2` `to_out[0]` -> row-parallel (input already split by head; outputs are all-reduced),
+- `ff.net[0].proj` -> column-parallel, `ff.net[2]` -> row-parallel,
+
+copying each rank's shard out of the dense weight. The per-head q/k RMSNorm weight is over `head_dim` and
+shared by all heads, so it stays as it is; AdaLN, patch embedding, time embedding, `proj_out` and the
+connector (`crossattn_proj`) stay replicated. Parameter names do not change (`transformer_blocks.0.attn1.
+to_q.weight` is still there, with a sharded shape), and `gather_full_state_dict` reassembles the dense
+diffusers-layout state dict, so checkpoints and exports keep the diffusers layout.
+
+Which layers:
+
+- CPU, or GPU without Transformer Engine: megatron-core's `ColumnParallelLinear` / `RowParallelLinear`
+  (tested here on CPU with gloo: TP=2 equals TP=1 to float rounding).
+- GPU with Transformer Engine importable: TE's `Linear` with `parallel_mode="column"/"row"`, and the
+  training step runs under `fp8_autocast(dit)` with a recipe chosen by name (`fp8_recipe`). **This path is
+  real code but untested here** (no GPU, and Transformer Engine cannot be installed on this machine).
+
+Data parallelism over the remaining ranks is plain torch DDP on megatron-core's data-parallel group
+(`wrap_data_parallel`). Megatron-core's own optimizers and DDP need CUDA; use torch optimizers on CPU.
+
+megatron-core is imported lazily (importing it takes seconds and prints warnings), so importing this module
+is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from duogen.model.dit import RMSNorm
+
+FP8_RECIPES = ("delayed", "current", "mxfp8", "blockwise")
+_FP8_ROW_MULTIPLE = 16  # TE's FP8 GEMMs want the token dimension divisible by 16
+
+
+# --- optional dependencies ---------------------------------------------------------------------------------
+@functools.cache
+def _te():
+    """`transformer_engine` if importable, else None. Its core wheel raises RuntimeError (not ImportError)
+    when the PyTorch extension is missing, so all three errors mean "absent"."""
+    try:
+        import transformer_engine  # noqa: F401
+        import transformer_engine.pytorch as te_pytorch
+    except (ImportError, RuntimeError, OSError):
+        return None
+    return te_pytorch
+
+
+def te_available() -> bool:
+    return _te() is not None
+
+
+def _use_te_default() -> bool:
+    return te_available() and torch.cuda.is_available()
+
+
+@functools.cache
+def _megatron():
+    """Import megatron-core (quietly: it warns that TE/Apex are absent) and define our two layer classes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core import parallel_state, tensor_parallel
+        from megatron.core.model_parallel_config import ModelParallelConfig
+
+    class MegatronColumnLinear(tensor_parallel.ColumnParallelLinear):
+        """`ColumnParallelLinear` that takes any leading dims and returns only the output (no bias tuple)."""
+
+        partition_dim = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            out, _ = super().forward(x.reshape(-1, x.shape[-1]))
+            return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    class MegatronRowLinear(tensor_parallel.RowParallelLinear):
+        """`RowParallelLinear(input_is_parallel=True)` returning only the (all-reduced) output."""
+
+        partition_dim = 1
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            out, _ = super().forward(x.reshape(-1, x.shape[-1]))
+            return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    for cls in (MegatronColumnLinear, MegatronRowLinear):  # importable by name (pickle, repr)
+        cls.__module__, cls.__qualname__ = __name__, cls.__name__
+        globals()[cls.__name__] = cls
+    return parallel_state, tensor_parallel, ModelParallelConfig, MegatronColumnLinear, MegatronRowLinear
+
+
+# --- process groups ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParallelState:
+    """Where this process sits: global rank, its tensor-parallel and data-parallel coordinates and groups."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    tp_size: int
+    tp_rank: int
+    dp_size: int
+    dp_rank: int
+    backend: str
+    device: torch.device
+    tp_group: dist.ProcessGroup | None = field(default=None, repr=False)
+    dp_group: dist.ProcessGroup | None = field(default=None, repr=False)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(
+    tp: int = 1, *, backend: str | None = None, seed: int = 0, timeout_minutes: int = 30
+) -> ParallelState:
+    """Join the job described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT),
+    then build megatron-core's tensor- and data-parallel groups with `tp` ranks per tensor-parallel group
+    (data-parallel size = world / tp). gloo on CPU, nccl on GPU. A process started without torchrun is a
+    world of one. Calling it again with a different `tp` rebuilds the megatron groups."""
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if tp < 1 or world % tp:
+        raise ValueError(f"tensor-parallel size {tp} must divide the world size {world}")
+    cuda = torch.cuda.is_available()
+    backend = backend or ("nccl" if cuda else "gloo")
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        dist.init_process_group(
+            backend, rank=rank, world_size=world, timeout=timedelta(minutes=timeout_minutes)
+        )
+    parallel_state, tensor_parallel, *_ = _megatron()
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp, distributed_timeout_minutes=timeout_minutes
+    )
+    if cuda:
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    else:  # `model_parallel_cuda_manual_seed` and the tracker's `fork()` are CUDA-only
+        tensor_parallel.random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+    return ParallelState(
+        rank=rank,
+        world_size=world,
+        local_rank=local_rank,
+        tp_size=parallel_state.get_tensor_model_parallel_world_size(),
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        dp_size=parallel_state.get_data_parallel_world_size(),
+        dp_rank=parallel_state.get_data_parallel_rank(),
+        backend=backend,
+        device=device,
+        tp_group=parallel_state.get_tensor_model_parallel_group(),
+        dp_group=parallel_state.get_data_parallel_group(),
+    )
+
+
+def shutdown_distributed() -> None:
+    """Tear down megatron's groups and the default process group (end of a run, or between tests)."""
+    if "megatron.core" in sys.modules:
+        parallel_state = _megatron()[0]
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --- FP8 (Transformer Engine) ------------------------------------------------------------------------------
+def fp8_recipe(name: str = "delayed", **kwargs):
+    """A Transformer Engine FP8 recipe by name: "delayed" (`DelayedScaling`, HYBRID format, amax history
+    16, max), "current" (`Float8CurrentScaling`), "mxfp8" (`MXFP8BlockScaling`, Blackwell), "blockwise"
+    (`Float8BlockScaling`). `kwargs` go to the recipe. Untested here: needs TE (GPU images only)."""
+    if name not in FP8_RECIPES:
+        raise ValueError(f"unknown FP8 recipe {name!r}; choose one of {', '.join(FP8_RECIPES)}")
+    if not te_available():
+        raise RuntimeError("FP8 recipes need Transformer Engine, which is not importable here")
+    from transformer_engine.common import recipe
+
+    if name == "delayed":
+        kwargs.setdefault("fp8_format", recipe.Format.HYBRID)
+        kwargs.setdefault("amax_history_len", 16)
+        kwargs.setdefault("amax_compute_algo", "max")
+        return recipe.DelayedScaling(**kwargs)
+    if name == "current":
+        return recipe.Float8CurrentScaling(**kwargs)
+    if name == "mxfp8":
+        return recipe.MXFP8BlockScaling(**kwargs)
+    return recipe.Float8BlockScaling(**kwargs)
+
+
+def fp8_autocast(model: nn.Module):
+    """The context the training step's forward runs in: TE's `fp8_autocast` with the recipe given to
+    `parallelize_dit(fp8=...)` when the model has TE layers, otherwise a no-op context. (Untested on GPU.)"""
+    info = getattr(_unwrap(model), "tensor_parallel", None)
+    if info is None or info.backend != "te" or info.fp8 is None:
+        return contextlib.nullcontext()
+    te = _te()
+    autocast = getattr(te, "fp8_autocast", None)
+    if autocast is None:  # newer TE names it `autocast(recipe=...)`
+        return te.autocast(enabled=True, recipe=fp8_recipe(info.fp8))
+    # amax reduction over the whole world: every replica of a tensor sees the same scaling factors
+    return autocast(enabled=True, fp8_recipe=fp8_recipe(info.fp8), fp8_group=None)
+
+
+@functools.cache
+def _te_linear_class():
+    te = _te()
+
+    class TELinear(te.Linear):
+        """TE `Linear` taking any leading dims; pads the token dim to a multiple of 16 for FP8 GEMMs."""
+
+        pad_rows = False
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            flat = x.reshape(-1, x.shape[-1])
+            n = flat.shape[0]
+            extra = (-n) % _FP8_ROW_MULTIPLE if self.pad_rows else 0
+            if extra:
+                flat = torch.cat([flat, flat.new_zeros(extra, flat.shape[1])])
+            out = super().forward(flat)[:n]
+            return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    TELinear.__module__ = __name__
+    globals()["TELinear"] = TELinear
+    return TELinear
+
+
+def _te_linear(parallel_mode: str, dense: nn.Linear, tp: int, group, pad_rows: bool) -> nn.Module:
+    """A TE `Linear` (column or row parallel) to receive this rank's shard of `dense` (untested: GPU-only)."""
+    layer = _te_linear_class()(
+        dense.in_features,
+        dense.out_features,
+        bias=False,
+        tp_group=group,
+        tp_size=tp,
+        parallel_mode=parallel_mode,
+        sequence_parallel=False,
+        params_dtype=dense.weight.dtype,
+        device=dense.weight.device,
+    )
+    layer.pad_rows = pad_rows
+    return layer
+
+
+# --- tensor parallelism ------------------------------------------------------------------------------------
+@dataclass
+class TensorParallelInfo:
+    """Recorded on the model as `model.tensor_parallel` by `parallelize_dit`."""
+
+    size: int
+    rank: int
+    backend: str  # "megatron" or "te"
+    fp8: str | None
+    group: dist.ProcessGroup | None = field(repr=False)
+    sharded: dict[str, int] = field(default_factory=dict, repr=False)  # parameter name -> split dim
+
+
+# (path inside a block, parallel mode). Column: output features split; row: input features split.
+_BLOCK_PLAN = (
+    ("attn1.to_q", "column"),
+    ("attn1.to_k", "column"),
+    ("attn1.to_v", "column"),
+    ("attn1.to_out.0", "row"),
+    ("attn2.to_q", "column"),
+    ("attn2.to_k", "column"),
+    ("attn2.to_v", "column"),
+    ("attn2.to_out.0", "row"),
+    ("ff.net.0.proj", "column"),
+    ("ff.net.2", "row"),
+)
+
+
+class HeadSharedRMSNorm(RMSNorm):
+    """The per-head q/k RMSNorm under tensor parallelism. Its weight (over head_dim) is shared by all heads,
+    so it stays whole on every rank, but each rank only sees its own heads: the weight's gradient is a
+    partial sum and must be all-reduced over the tensor-parallel group (forward: identity)."""
+
+    tp_group: dist.ProcessGroup | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
+
+        weight = copy_to_tensor_model_parallel_region(self.weight, group=self.tp_group)
+        return F.rms_norm(x.float(), (x.shape[-1],), weight.float(), self.eps).to(x.dtype)
+
+
+def _head_shared_norm(norm: RMSNorm, group: dist.ProcessGroup) -> HeadSharedRMSNorm:
+    shared = HeadSharedRMSNorm(norm.weight.shape[0], norm.eps)
+    shared.weight = norm.weight  # the same Parameter: name, value and optimizer identity are unchanged
+    shared.tp_group = group
+    return shared
+
+
+def _shard(weight: torch.Tensor, dim: int, tp: int, rank: int) -> torch.Tensor:
+    return weight.chunk(tp, dim=dim)[rank]
+
+
+def parallelize_dit(
+    dit: nn.Module,
+    tp_group_size: int,
+    *,
+    tp_group: dist.ProcessGroup | None = None,
+    use_te: bool | None = None,
+    fp8: str | None = None,
+) -> nn.Module:
+    """Shard the DiT's attention and MLP linears over `tp_group_size` ranks, in place; returns `dit`.
+
+    `dit` must be built and hold the same weights on every rank. `tp_group` defaults to megatron-core's
+    tensor-parallel group (`init_distributed` first). `use_te` defaults to "TE importable and CUDA present";
+    `fp8` names the recipe (`fp8_recipe`) `fp8_autocast(dit)` uses (TE only; warned about and ignored
+    without TE). With `tp_group_size == 1` and no FP8 the model is returned untouched.
+    """
+    if tp_group_size < 1:
+        raise ValueError(f"tensor-parallel size must be >= 1, got {tp_group_size}")
+    if fp8 is not None and fp8 not in FP8_RECIPES:
+        raise ValueError(f"unknown FP8 recipe {fp8!r}; choose one of {', '.join(FP8_RECIPES)}")
+    if getattr(dit, "tensor_parallel", None) is not None:
+        raise ValueError("this model is already parallelized")
+    use_te = _use_te_default() if use_te is None else use_te
+    if use_te and not te_available():
+        raise RuntimeError("use_te=True but Transformer Engine is not importable")
+    if fp8 is not None and not use_te:
+        warnings.warn(f"FP8 recipe {fp8!r} ignored: Transformer Engine layers are not in use", stacklevel=2)
+        fp8 = None
+    cfg = dit.config
+    heads = cfg.num_attention_heads
+    ffn = int(cfg.hidden_size * cfg.mlp_ratio)
+    if heads % tp_group_size:
+        raise ValueError(
+            f"cannot shard {heads} attention heads over {tp_group_size} tensor-parallel ranks: "
+            f"the head count must be divisible by the tensor-parallel size"
+        )
+    if ffn % tp_group_size:
+        raise ValueError(f"MLP width {ffn} is not divisible by the tensor-parallel size {tp_group_size}")
+    if tp_group_size == 1 and fp8 is None:
+        return dit
+
+    if tp_group_size == 1:  # TE layers only for FP8 (GPU): no communication, no group needed
+        tp_group = None
+    elif tp_group is None:
+        if not dist.is_initialized():
+            raise RuntimeError(
+                "parallelize_dit with tensor-parallel size > 1 needs torch.distributed: call "
+                "init_distributed(tp) first (or pass tp_group)"
+            )
+        tp_group = _megatron()[0].get_tensor_model_parallel_group()
+    if tp_group is not None and dist.get_world_size(tp_group) != tp_group_size:
+        raise ValueError(
+            f"tp_group_size={tp_group_size} but the tensor-parallel group has "
+            f"{dist.get_world_size(tp_group)} ranks"
+        )
+    rank = dist.get_rank(tp_group) if tp_group is not None else 0
+
+    if not use_te:
+        _, _, ModelParallelConfig, Column, Row = _megatron()
+        mp_config = ModelParallelConfig(
+            tensor_model_parallel_size=tp_group_size,
+            use_cpu_initialization=True,  # allocate on CPU, no CUDA RNG tracker; we copy weights in anyway
+            perform_initialization=False,
+            gradient_accumulation_fusion=False,  # needs Apex's fused CUDA kernel
+            sequence_parallel=False,
+            params_dtype=dit.patch_embed.proj.weight.dtype,
+        )
+
+    info = TensorParallelInfo(
+        size=tp_group_size, rank=rank, backend="te" if use_te else "megatron", fp8=fp8, group=tp_group
+    )
+    for b, block in enumerate(dit.transformer_blocks):
+        for path, mode in _BLOCK_PLAN:
+            parent_path, _, leaf = path.rpartition(".")
+            parent = block.get_submodule(parent_path)
+            dense = parent[int(leaf)] if leaf.isdigit() else getattr(parent, leaf)
+            if not isinstance(dense, nn.Linear) or dense.bias is not None:
+                raise TypeError(f"transformer_blocks.{b}.{path} is not a bias-free nn.Linear: {dense!r}")
+            dim = 0 if mode == "column" else 1
+            if use_te:
+                layer = _te_linear(mode, dense, tp_group_size, tp_group, pad_rows=fp8 is not None)
+            else:
+                cls = Column if mode == "column" else Row
+                kwargs = {"input_is_parallel": True, "skip_bias_add": False} if mode == "row" else {}
+                layer = cls(
+                    dense.in_features,
+                    dense.out_features,
+                    config=mp_config,
+                    init_method=nn.init.zeros_,  # not called (perform_initialization=False)
+                    bias=False,
+                    tp_group=tp_group,
+                    **kwargs,
+                ).to(dense.weight.device)
+            with torch.no_grad():
+                layer.weight.copy_(_shard(dense.weight, dim, tp_group_size, rank))
+            layer.weight.requires_grad_(dense.weight.requires_grad)
+            if leaf.isdigit():
+                parent[int(leaf)] = layer
+            else:
+                setattr(parent, leaf, layer)
+            info.sharded[f"transformer_blocks.{b}.{path}.weight"] = dim
+        for attn in (block.attn1, block.attn2):
+            attn.heads = heads // tp_group_size
+            if tp_group_size > 1:
+                attn.norm_q = _head_shared_norm(attn.norm_q, tp_group)
+                attn.norm_k = _head_shared_norm(attn.norm_k, tp_group)
+    dit.tensor_parallel = info
+    return dit
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _is_extra_state(key: str) -> bool:
+    return key.endswith("_extra_state")  # megatron/TE layers add these (None, or TE's FP8 metadata)
+
+
+def gather_full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The dense, diffusers-layout state dict of a (possibly parallelized, possibly DDP-wrapped) DiT.
+
+    Collective: every rank of the tensor-parallel group must call it; every rank gets the full dict
+    (all-gather), so rank 0 can save or export it. Tensors are detached CPU-independent copies."""
+    dit = _unwrap(model)
+    info: TensorParallelInfo | None = getattr(dit, "tensor_parallel", None)
+    out = {}
+    for key, value in dit.state_dict().items():
+        if _is_extra_state(key):
+            continue
+        dim = info.sharded.get(key) if info is not None else None
+        if dim is None or info.size == 1:
+            out[key] = value.detach().clone()
+            continue
+        parts = [torch.empty_like(value) for _ in range(info.size)]
+        dist.all_gather(parts, value.detach().contiguous(), group=info.group)
+        out[key] = torch.cat(parts, dim=dim)
+    return out
+
+
+def load_full_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load a dense diffusers-layout state dict into a parallelized DiT: each rank takes its shards."""
+    dit = _unwrap(model)
+    info: TensorParallelInfo | None = getattr(dit, "tensor_parallel", None)
+    local = {}
+    for key, value in state_dict.items():
+        dim = info.sharded.get(key) if info is not None else None
+        local[key] = value if dim is None else _shard(value, dim, info.size, info.rank)
+    result = dit.load_state_dict(local, strict=False)
+    missing = [k for k in result.missing_keys if not _is_extra_state(k)]
+    unexpected = [k for k in result.unexpected_keys if not _is_extra_state(k)]
+    if missing or unexpected:
+        raise KeyError(
+            f"state dict does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+def replicate_check(model: nn.Module, group: dist.ProcessGroup | None = None, atol: float = 0.0) -> list[str]:
+    """Names of replicated (non-sharded) parameters that differ across `group` (default: the model's
+    tensor-parallel group). Collective; every rank gets the same list, empty when the replicas agree, as
+    they must after every optimizer step."""
+    dit = _unwrap(model)
+    info: TensorParallelInfo | None = getattr(dit, "tensor_parallel", None)
+    group = group if group is not None else (info.group if info is not None else None)
+    src = dist.get_global_rank(group, 0) if group is not None else 0
+    names, gaps = [], []
+    for name, param in dit.named_parameters():
+        if info is not None and name in info.sharded:
+            continue
+        reference = param.detach().clone()
+        dist.broadcast(reference, src=src, group=group)
+        names.append(name)
+        gaps.append((reference - param.detach()).abs().max().float())
+    worst = torch.stack(gaps) if gaps else torch.zeros(0)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=group)
+    return [name for name, gap in zip(names, worst.tolist(), strict=True) if gap > atol]
+
+
+# --- data parallelism --------------------------------------------------------------------------------------
+def wrap_data_parallel(model: nn.Module, dp_group: dist.ProcessGroup | None = None) -> nn.Module:
+    """Plain torch DDP over the data-parallel group (default: megatron-core's, from `init_distributed`).
+
+    Each tensor-parallel shard all-reduces its gradients with the same shard on the other data-parallel
+    replicas (megatron's DP group holds exactly those ranks). With one data-parallel rank the model is
+    returned as is. `gather_full_state_dict` / `load_full_state_dict` accept the wrapped model."""
+    if dp_group is None:
+        dp_group = _megatron()[0].get_data_parallel_group()
+    if dist.get_world_size(dp_group) == 1:
+        return model
+    device = next(model.parameters()).device
+    return nn.parallel.DistributedDataParallel(
+        model,
+        process_group=dp_group,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        broadcast_buffers=False,
+    )
