@@ -105,8 +105,10 @@ class DiTConfig:
 
 @dataclass
 class VAEConfig:
-    """Arguments of diffusers' `AutoencoderKLWan` (Wan2.1: 16 latent channels, 4x8x8 compression)."""
+    """Arguments of diffusers' `AutoencoderKLWan` (Wan2.1: 16 latent channels, 4x8x8 compression), or, with
+    `kind="pixel"`, an exactly invertible space-to-depth codec (z_dim = 3 * scale_factor_spatial ** 2)."""
 
+    kind: str = "wan"  # "wan" or "pixel"
     base_dim: int = 96
     z_dim: int = 16
     dim_mult: tuple[int, ...] = (1, 2, 4, 4)
@@ -123,8 +125,19 @@ class VAEConfig:
         3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
     )  # fmt: skip
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("wan", "pixel"):
+            raise ValueError(f"VAE kind must be 'wan' or 'pixel', got {self.kind!r}")
+        if self.kind == "pixel" and self.z_dim != 3 * self.scale_factor_spatial**2:
+            need = 3 * self.scale_factor_spatial**2
+            raise ValueError(f"a pixel codec with factor {self.scale_factor_spatial} has {need} channels")
+        if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
+            raise ValueError(f"latents_mean/std need {self.z_dim} values")
+
     def diffusers_kwargs(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        out.pop("kind")
+        return out
 
 
 @dataclass

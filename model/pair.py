@@ -22,13 +22,13 @@ from .dit import DuoGenDiT
 from .errors import DuoGenInputError
 from .flow import drop_last_text_chunk
 from .mllm import DuoGenMLLM
-from .vae import DuoGenVAE
+from .vae import LatentCodec, load_codec, make_codec
 
 CONFIG_NAME = "duogen_config.json"
 
 
 class DuoGenPair(nn.Module):
-    def __init__(self, config: DuoGenConfig, mllm: DuoGenMLLM, dit: DuoGenDiT, vae: DuoGenVAE) -> None:
+    def __init__(self, config: DuoGenConfig, mllm: DuoGenMLLM, dit: DuoGenDiT, vae: LatentCodec) -> None:
         super().__init__()
         self.config = config
         self.mllm = mllm
@@ -42,7 +42,7 @@ class DuoGenPair(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
             dit = DuoGenDiT(config.dit)
-            vae = DuoGenVAE(config.vae)
+            vae = make_codec(config.vae)
         return cls(config, mllm, dit.eval(), vae.eval())
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -61,7 +61,7 @@ class DuoGenPair(nn.Module):
         config = DuoGenConfig.load(path / CONFIG_NAME)
         mllm = DuoGenMLLM.from_pretrained(path / "mllm", config.mllm)
         dit = DuoGenDiT.from_pretrained(path / "dit", config.dit)
-        vae = DuoGenVAE.from_pretrained(path / "vae", config.vae)
+        vae = load_codec(path / "vae", config.vae)
         return cls(config, mllm, dit.eval(), vae.eval())
 
     @property

@@ -52,7 +52,49 @@ def tiny() -> DuoGenConfig:
     return DuoGenConfig(name="tiny", mllm=mllm, connector=connector, dit=dit, vae=vae, flow=flow)
 
 
-PRESETS = {"tiny": tiny, "duogen-7b-2b": production}
+def toy() -> DuoGenConfig:
+    """The embedded default for the toy world: small enough to train on 2 CPU cores in minutes.
+
+    Its images go through the exactly invertible pixel codec (space-to-depth by 4: 64x64 -> 16x16x48), so
+    a drawn picture is exactly what the DiT produced (see `vae.PixelCodec` for why not a Wan VAE here).
+    """
+    mllm = MLLMConfig(
+        vocab_size=288,
+        hidden_size=96,
+        intermediate_size=192,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        mrope_section=(4, 4, 4),
+        vision_depth=2,
+        vision_hidden_size=48,
+        vision_intermediate_size=96,
+        vision_num_heads=2,
+        vision_fullatt_block_indexes=(1,),
+        max_context=4096,
+    )
+    connector = ConnectorConfig(num_layers=3, layer_width=96, out_channels=128)
+    dit = DiTConfig(
+        in_channels=49,
+        out_channels=48,
+        num_attention_heads=4,
+        attention_head_dim=32,
+        num_layers=4,
+        text_embed_dim=128,
+        adaln_lora_dim=32,
+        crossattn_proj_in_channels=connector.in_channels,
+        encoder_hidden_states_channels=128,
+        max_frames=8,
+    )
+    vae = VAEConfig(
+        kind="pixel", z_dim=48, scale_factor_spatial=4, latents_mean=(0.0,) * 48, latents_std=(1.0,) * 48
+    )
+    flow = FlowConfig(num_inference_steps=12, guidance_scale=2.0)
+    return DuoGenConfig(name="toy", mllm=mllm, connector=connector, dit=dit, vae=vae, flow=flow)
+
+
+PRESETS = {"tiny": tiny, "toy": toy, "duogen-7b-2b": production}
 
 
 def get_preset(name: str) -> DuoGenConfig:

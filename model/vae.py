@@ -7,10 +7,13 @@ so every latent patchifies exactly.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 from PIL import Image
 from torch import nn
@@ -43,11 +46,12 @@ def fit_to_multiple(image: Image.Image, multiple: int, max_side: int | None = No
     return image if (tw, th) == image.size else image.resize((tw, th), Image.BICUBIC)
 
 
-class DuoGenVAE(nn.Module):
-    def __init__(self, cfg: VAEConfig, model: AutoencoderKLWan | None = None) -> None:
+class LatentCodec(nn.Module):
+    """What the pair needs of an image codec: one RGB image <-> one normalised latent frame."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.model = model if model is not None else AutoencoderKLWan(**cfg.diffusers_kwargs())
         self.register_buffer("mean", torch.tensor(cfg.latents_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.latents_std).view(-1, 1, 1), persistent=False)
 
@@ -55,14 +59,32 @@ class DuoGenVAE(nn.Module):
     def compression(self) -> int:
         return self.config.scale_factor_spatial
 
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[3, H, W] in [-1, 1] -> normalised latent [z, H/8, W/8] (posterior mode: deterministic)."""
+    def _check(self, pixels: torch.Tensor) -> None:
         if pixels.ndim != 3 or pixels.shape[0] != 3:
             raise DuoGenInputError(f"VAE encodes one RGB image [3, H, W], got {tuple(pixels.shape)}")
         if pixels.shape[1] % self.compression or pixels.shape[2] % self.compression:
             raise DuoGenInputError(
                 f"image {pixels.shape[1]}x{pixels.shape[2]} not a multiple of {self.compression}"
             )
+
+    def encode_image(self, image: Image.Image, multiple: int, max_side: int | None = None) -> torch.Tensor:
+        image = fit_to_multiple(to_rgb(image), multiple, max_side)
+        return self.encode(image_to_tensor(image).to(self.mean.device))
+
+    def decode_image(self, latent: torch.Tensor) -> Image.Image:
+        return tensor_to_image(self.decode(latent))
+
+
+class DuoGenVAE(LatentCodec):
+    """Wan2.1's VAE (diffusers `AutoencoderKLWan`)."""
+
+    def __init__(self, cfg: VAEConfig, model: AutoencoderKLWan | None = None) -> None:
+        super().__init__(cfg)
+        self.model = model if model is not None else AutoencoderKLWan(**cfg.diffusers_kwargs())
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[3, H, W] in [-1, 1] -> normalised latent [z, H/8, W/8] (posterior mode: deterministic)."""
+        self._check(pixels)
         x = pixels.to(self.model.dtype)[None, :, None]
         latent = self.model.encode(x).latent_dist.mode()[0, :, 0]
         return (latent - self.mean.to(latent)) / self.std.to(latent)
@@ -72,16 +94,46 @@ class DuoGenVAE(nn.Module):
         z = latent * self.std.to(latent) + self.mean.to(latent)
         return self.model.decode(z[None, :, None].to(self.model.dtype)).sample[0, :, 0]
 
-    def encode_image(self, image: Image.Image, multiple: int, max_side: int | None = None) -> torch.Tensor:
-        image = fit_to_multiple(to_rgb(image), multiple, max_side)
-        return self.encode(image_to_tensor(image).to(self.mean.device))
-
-    def decode_image(self, latent: torch.Tensor) -> Image.Image:
-        return tensor_to_image(self.decode(latent))
-
     def save_pretrained(self, path: str | Path) -> None:
         self.model.save_pretrained(str(path))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, cfg: VAEConfig) -> DuoGenVAE:
         return cls(cfg, AutoencoderKLWan.from_pretrained(str(path)))
+
+
+class PixelCodec(LatentCodec):
+    """An exactly invertible pixel-space codec: space-to-depth by `s` (3 s^2 latent channels), no weights.
+
+    The `toy` preset uses it instead of a Wan VAE: nothing pretrained exists here and a random VAE decodes
+    nothing a DiT could learn, while a VAE trained on CPU would reconstruct only approximately and add its
+    own error to every judged picture. With this codec every error in a picture is the DiT's.
+    """
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        self._check(pixels)
+        latent = F.pixel_unshuffle(pixels[None].float(), self.compression)[0]
+        return (latent - self.mean.to(latent)) / self.std.to(latent)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        z = latent.float() * self.std.to(latent.device) + self.mean.to(latent.device)
+        return F.pixel_shuffle(z[None], self.compression)[0].clamp(-1, 1)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(
+            json.dumps({"_class_name": "PixelCodec", **dataclasses.asdict(self.config)})
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, cfg: VAEConfig) -> PixelCodec:
+        return cls(cfg)
+
+
+def make_codec(cfg: VAEConfig) -> LatentCodec:
+    return PixelCodec(cfg) if cfg.kind == "pixel" else DuoGenVAE(cfg)
+
+
+def load_codec(path: str | Path, cfg: VAEConfig) -> LatentCodec:
+    return (PixelCodec if cfg.kind == "pixel" else DuoGenVAE).from_pretrained(path, cfg)

@@ -19,15 +19,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     from duogen.model.dit import DuoGenDiT
     from duogen.model.mllm import hf_config
     from duogen.model.presets import get_preset
+    from duogen.model.vae import make_codec
 
     cfg = get_preset(args.preset)
-    from diffusers import AutoencoderKLWan
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     with torch.device("meta"):
         mllm = Qwen2_5_VLForConditionalGeneration(hf_config(cfg.mllm))
         dit = DuoGenDiT(cfg.dit)
-        vae = AutoencoderKLWan(**cfg.vae.diffusers_kwargs())
+        vae = make_codec(cfg.vae)
     vision = _count(mllm.model.visual)
     connector = _count(dit.crossattn_proj) if cfg.dit.use_crossattn_projection else 0
     parts = {

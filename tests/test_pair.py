@@ -111,3 +111,24 @@ def test_vae_round_trip_shapes():
         assert vae.decode_image(latent).size == (64, 48)
     with pytest.raises(DuoGenInputError, match="not a multiple of 8"):
         vae.encode(torch.zeros(3, 12, 16))
+
+
+def test_toy_preset_pixel_codec_is_exact_and_saves(tmp_path):
+    from duogen.components.toyworld import random_task, render
+    from duogen.model.config import VAEConfig
+    from duogen.model.presets import toy
+    from duogen.model.vae import PixelCodec
+
+    pair = DuoGenPair.build(toy(), seed=0)
+    assert isinstance(pair.vae, PixelCodec) and pair.pixel_multiple == 8
+    image = render(random_task(5).scenes[0])
+    latent = pair.vae.encode_image(image, pair.pixel_multiple)
+    assert latent.shape == (48, 16, 16)
+    assert pair.vae.decode_image(latent).tobytes() == image.tobytes()
+    pair.save_pretrained(tmp_path / "toy")
+    loaded = DuoGenPair.from_pretrained(tmp_path / "toy")
+    assert isinstance(loaded.vae, PixelCodec)
+    with pytest.raises(ValueError, match="factor 4 has 48 channels"):
+        VAEConfig(
+            kind="pixel", z_dim=16, scale_factor_spatial=4, latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16
+        )
