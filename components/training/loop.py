@@ -129,13 +129,14 @@ class Trainer:
         losses: dict[int, float] = {}
         started = time.perf_counter()
         status = "finished"
-        step = start_step
+        completed = start_step
         try:
             bar = tqdm(
                 total=cfg.steps, initial=start_step, desc=cfg.stage, unit="step", disable=not self.progress
             )
             for step in range(start_step, cfg.steps):
                 loss = self._step(step, position)
+                completed = step + 1
                 position += cfg.batch_size * cfg.grad_accum
                 losses[step] = loss
                 bar.update(1)
@@ -166,7 +167,7 @@ class Trainer:
                 tracker.close("FINISHED" if status == "finished" else "KILLED")
         run_id = tracker.run_id if tracker else None
         seconds = time.perf_counter() - started
-        return TrainResult(status, step + 1, losses, str(model_dir) if model_dir else None, run_id, seconds)
+        return TrainResult(status, completed, losses, str(model_dir) if model_dir else None, run_id, seconds)
 
     def _step(self, step: int, position: int) -> float:
         self.optimizer.zero_grad(set_to_none=True)
