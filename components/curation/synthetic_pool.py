@@ -20,19 +20,11 @@ from typing import Any, Literal
 
 from duogen.components.toyworld.serialize import task_to_json
 from duogen.components.toyworld.world import (
-    DIRECTIONS,
     Action,
-    Add,
-    Move,
-    Recolour,
-    Remove,
-    Resize,
-    Scene,
-    Shape,
-    Swap,
     Task,
     WorldConfig,
     apply,
+    random_action,
     random_scene,
 )
 from duogen.platform.llm import Backend, Request, make_backend
@@ -279,30 +271,6 @@ def expand_pool(
 # ------------------------------------------------------------------------------ the offline expand handler
 
 
-def _random_shape(rng: random.Random, cfg: WorldConfig) -> Shape:
-    size = rng.choice(list(cfg.sizes.values()))
-    left, top = rng.randint(0, cfg.width - size), rng.randint(0, cfg.height - size)
-    return Shape(
-        rng.choice(cfg.kinds), rng.choice(list(cfg.colours)), left + size // 2, top + size // 2, size
-    )
-
-
-def _draw_action(rng: random.Random, scene: Scene, kind: str, cfg: WorldConfig) -> Action:
-    if kind == "add":
-        return Add(_random_shape(rng, cfg))
-    n = len(scene.shapes)
-    i = rng.randrange(n)
-    if kind == "move":
-        return Move(i, rng.choice(list(DIRECTIONS)))
-    if kind == "recolour":
-        return Recolour(i, rng.choice(list(cfg.colours)))
-    if kind == "remove":
-        return Remove(i)
-    if kind == "resize":
-        return Resize(i, rng.choice(list(cfg.sizes.values())))
-    return Swap(i, rng.randrange(n))
-
-
 def toy_task(rng: random.Random, kinds: Sequence[str], steps: int, cfg: WorldConfig | None = None) -> Task:
     """A random valid task whose actions all have one of `kinds` (invalid draws are rejected and redrawn)."""
     cfg = cfg or WorldConfig()
@@ -316,7 +284,7 @@ def toy_task(rng: random.Random, kinds: Sequence[str], steps: int, cfg: WorldCon
             if kind == "remove" and len(scenes[-1].shapes) == 1:
                 continue  # keep one shape so every step has something to see
             try:
-                action = _draw_action(rng, scenes[-1], kind, cfg)
+                action = random_action(rng, scenes[-1], cfg, kind)
                 scenes.append(apply(scenes[-1], action, cfg))
             except ValueError:
                 continue

@@ -286,9 +286,13 @@ def random_scene(rng: random.Random, cfg: WorldConfig, n: int | None = None, tri
     raise ValueError(f"could not place {n} shapes on a {cfg.width}x{cfg.height} canvas in {tries} tries")
 
 
-def _random_action(rng: random.Random, scene: Scene, cfg: WorldConfig) -> Action:
+ACTION_KINDS = ("move", "recolour", "add", "remove", "resize", "swap")
+
+
+def random_action(rng: random.Random, scene: Scene, cfg: WorldConfig, kind: str | None = None) -> Action:
+    """An action of `kind` (default: any) on random shapes; it may still be invalid for `apply`."""
     n = len(scene.shapes)
-    kind = rng.choice(["move", "recolour", "add", "remove", "resize", "swap"])
+    kind = kind or rng.choice(list(ACTION_KINDS))
     if kind == "add" or n == 0:
         return Add(_random_shape(rng, cfg, scene.width, scene.height))
     i = rng.randrange(n)
@@ -312,7 +316,7 @@ def random_task(rng: random.Random | int, cfg: WorldConfig | None = None, steps:
         for _ in range(2000):
             if len(actions) == steps:
                 return Task(tuple(scenes), tuple(actions))
-            action = _random_action(rng, scenes[-1], cfg)
+            action = random_action(rng, scenes[-1], cfg)
             if isinstance(action, Remove) and len(scenes[-1].shapes) == 1:
                 continue  # keep at least one shape so every step has something to see
             try:
