@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from duogen.components.curation.executor import plan, run_stage
@@ -30,10 +30,18 @@ class LocalRunConfig:
     preset: str = "toy"
     pages: int = 60
     videos: int = 8
-    synthetic_per_seed: int = 4
-    stage1_steps: int = 60
-    stage2_steps: int = 120
+    synthetic_per_seed: int = 12  # exact toy-oracle dialogues per prompt-pool seed (cheap to make)
+    stage1_steps: int = 150
+    stage2_steps: int = 300
     batch_size: int = 4
+    stage1_lr: float = 3e-3
+    stage2_lr: float = 1e-3
+    text_dropout: float = 0.1  # stage 2, for CFG
+    # Stage 2 mostly on the exact synthetic dialogues; web pictures are cleaned but noisier, and the video
+    # transitions are 128x128 frames, another resolution than the 64x64 canvas the answers are drawn on.
+    stage2_mix: dict[str, float] = field(
+        default_factory=lambda: {"synthetic": 0.75, "web": 0.2, "video": 0.05}
+    )
     processes: int = 2
     seed: int = 0
 
@@ -78,7 +86,7 @@ def run_local(cfg: LocalRunConfig, log=print) -> dict:
             shards=[str(shards / "web"), str(shards / "synthetic")],
             out=str(out / "stage1"),
             steps=cfg.stage1_steps,
-            lr=3e-3,
+            lr=cfg.stage1_lr,
             warmup_steps=5,
             **common,
         ),
@@ -91,8 +99,10 @@ def run_local(cfg: LocalRunConfig, log=print) -> dict:
             shards=[str(shards / k) for k in counters],
             out=str(out / "stage2"),
             steps=cfg.stage2_steps,
-            lr=2e-3,
+            lr=cfg.stage2_lr,
             warmup_steps=10,
+            text_dropout=cfg.text_dropout,
+            mix=cfg.stage2_mix,
             **common,
         ),
     ).train()

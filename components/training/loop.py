@@ -65,7 +65,12 @@ class Trainer:
             if cfg.model in PRESETS
             else DuoGenPair.from_pretrained(cfg.model)
         )
-        self.samples = list(iter_samples(shard_files(cfg.shards)))
+        # The evaluation split (held out by hash in the synthetic stage) never trains.
+        self.samples = [
+            (s, images)
+            for s, images in iter_samples(shard_files(cfg.shards))
+            if s.lineage.stages.get("split") != "eval"
+        ]
         if cfg.stage == "stage2":
             self.samples = [
                 s for s in self.samples if any(p.type == "bov" for t in s[0].turns for p in t.parts)

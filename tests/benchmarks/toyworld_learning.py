@@ -1,0 +1,282 @@
+"""Toy-world learning benchmark: does the `toy` pair learn the toy world on this CPU? Prints one JSON line.
+
+One run of the main job (`run_local`: toy world -> data engine shards -> Stage 1 -> Stage 2) with the settings
+below, into a fresh folder, then the trained pair is judged on held-out dialogues: the synthetic stage's
+evaluation split (held out by a hash of the request text; the trainer never sees it), whose toy tasks are
+re-derived from the same seeded prompt-pool expansion, so the truth scene of every step is known exactly.
+
+Metrics (all measured in this run):
+
+- `bov_f1`: teacher-forced over every assistant position of every held-out dialogue (each token that is in
+  the Stage-1 loss: assistant text, `<BOV>`, the closing `<|im_end|>`), the model's greedy next token (with
+  the structure tokens generation never samples banned, as in `generate`) is "BOV" or "not BOV"; the
+  reference is whether that position holds `<BOV>`. F1 of the BOV class (with precision and recall).
+- `instruction_following`: for every step of every held-out dialogue, the step's picture is drawn
+  teacher-forced (the reference history: the earlier reference images as condition frames, the MLLM's hidden
+  states of the reference text up to the step's `<BOV>` as the text stream, CFG as in generation), read back
+  with the toy checker (`find_shapes`) and compared with the truth scene after the step: 1 if every shape
+  matches (kind, colour, size, position within 4 px) and there is no extra shape. An `add` instruction names
+  only a region ("at the top left"), not a pixel position, so the added shape must match kind, colour, size
+  and lie in the named region; every other shape is held to the exact check.
+  `instruction_following_strict` holds added shapes to the exact position of the truth as well.
+- `consistency`: on the same pictures, `scene_consistency`: the fraction of shapes the step's action does
+  not touch that keep kind, colour, size and place (mean over steps).
+- `tp2_vs_tp1_max_loss_diff`: `tests/tp_worker.py` under torchrun with 2 processes (gloo): the largest
+  difference between the TP=2 and the dense losses over its 3 AdamW steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from duogen.components.curation.synthetic import instruction_id, plan_instructions
+from duogen.components.curation.synthetic_generators import instruction_task
+from duogen.components.curation.synthetic_pool import Instruction
+from duogen.components.local_run import LocalRunConfig, run_local
+from duogen.components.toyworld import Add, compare, find_shapes, scene_consistency, touched_indices
+from duogen.components.toyworld.world import WorldConfig, _region
+from duogen.components.training.data import iter_samples, to_conversation
+from duogen.components.training.loop import shard_files
+from duogen.model.chat import IGNORE_INDEX, ImagePart, last_text_chunk_mask
+from duogen.model.connector import stack_layers
+from duogen.model.flow import drop_last_text_chunk, sample_latent
+from duogen.model.generate import NOT_GENERATED
+from duogen.model.pair import DuoGenPair
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = ROOT / "tests" / "tp_worker.py"
+
+# The benchmark's recipe: the main job's defaults, trained longer on more exact synthetic dialogues.
+SETTINGS = {
+    "preset": "toy",
+    "pages": 60,
+    "videos": 8,
+    "synthetic_per_seed": 40,  # exact oracle dialogues: ~760 to train on, ~80 held out
+    "stage1_steps": 300,
+    "stage2_steps": 1500,
+    "batch_size": 4,
+    "stage1_lr": 3e-3,
+    "stage2_lr": 1e-3,
+    "text_dropout": 0.1,
+}
+# The Stage-2 data mix is LocalRunConfig's default (mostly the exact synthetic dialogues).
+
+
+# ---------------------------------------------------------------------------------------- held-out set
+
+
+def held_out(cfg: LocalRunConfig):
+    """(sample, images, task) of the synthetic stage's evaluation split, as the data engine wrote them."""
+    instructions = [
+        Instruction.from_dict(d) for d in plan_instructions(per_seed=cfg.synthetic_per_seed, seed=cfg.seed)
+    ]
+    tasks = {instruction_id(i): instruction_task(i) for i in instructions if i.split == "eval"}
+    out = []
+    for sample, images in iter_samples(shard_files([str(Path(cfg.out) / "shards" / "synthetic")])):
+        if sample.lineage.stages.get("split") == "eval" and tasks.get(sample.id) is not None:
+            out.append((sample, images, tasks[sample.id]))
+    if not out:
+        raise SystemExit("no held-out dialogues: raise synthetic_per_seed")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ <BOV>
+
+
+@torch.no_grad()
+def bov_counts(pair: DuoGenPair, enc) -> tuple[int, int, int, int, int]:
+    """(tp, fp, fn, correct, positions) of teacher-forced next-token decisions at assistant positions."""
+    mllm = pair.mllm
+    logits = mllm.forward_logits(enc).float()  # row t predicts token t + 1
+    banned = [mllm.tokenizer.convert_tokens_to_ids(t) for t in NOT_GENERATED]
+    logits[:, banned] = float("-inf")
+    positions = (enc.labels != IGNORE_INDEX).nonzero().flatten()
+    positions = positions[positions > 0]
+    predicted = logits[positions - 1].argmax(-1)
+    truth = enc.input_ids[positions]
+    bov = mllm.bov_token_id
+    p, r = predicted == bov, truth == bov
+    return (
+        int((p & r).sum()),
+        int((p & ~r).sum()),
+        int((~p & r).sum()),
+        int((predicted == truth).sum()),
+        len(positions),
+    )
+
+
+# ------------------------------------------------------------------------------------------- pictures
+
+
+def judge_step(before, after, action, found, cfg: WorldConfig) -> tuple[bool, bool, float]:
+    """(instruction followed, strictly followed, consistency) of one drawn picture against the truth."""
+    strict = compare(after, found)
+    strict_ok = strict["score"] == 1.0 and not strict["extra"]
+    if isinstance(action, Add):
+        new = action.shape
+        rest = type(after)(tuple(s for s in after.shapes if s != new), after.width, after.height)
+        result = compare(rest, found)
+        extra = result["extra"]
+        region = _region(new.x, new.y, after.width, after.height)
+        ok = (
+            result["score"] == 1.0
+            and len(extra) == 1
+            and (extra[0].kind, extra[0].colour, extra[0].size) == (new.kind, new.colour, new.size)
+            and _region(extra[0].x, extra[0].y, after.width, after.height) == region
+        )
+    else:
+        ok = strict_ok
+    consistency = scene_consistency(before, found, touched_indices(action))["score"]
+    return ok, strict_ok, consistency
+
+
+@torch.no_grad()
+def draw_steps(pair: DuoGenPair, enc, images, generator: torch.Generator):
+    """Each assistant picture drawn teacher-forced on the reference history, in order."""
+    cfg = pair.config
+    layers = pair.mllm.layer_hidden_states(enc)
+    stream = stack_layers(layers, eps=cfg.connector.norm_eps)
+    latents = [pair.vae.encode_image(im, pair.pixel_multiple) for im in images]
+    keep = cfg.dit.max_frames - 1
+    drawn = []
+    for k, (start, _) in enumerate(enc.image_spans):
+        bov = start - 2
+        if bov not in enc.bov_positions:
+            continue  # a user image
+        text = stream[:bov]
+        negative = drop_last_text_chunk(text, last_text_chunk_mask(enc.chunk_ids, bov))
+        conditions = latents[max(0, k - keep) : k]
+        h, w = latents[k].shape[-2:]
+        latent = sample_latent(pair.dit, conditions, (h, w), text, negative, cfg.flow, generator)
+        drawn.append(pair.vae.decode_image(latent))
+    return drawn
+
+
+def evaluate(pair: DuoGenPair, dialogues, seed: int = 0) -> dict:
+    tp = fp = fn = correct = total = 0
+    followed, strict, consistency = [], [], []
+    world = WorldConfig()
+    generator = torch.Generator().manual_seed(seed)
+    for sample, images, task in dialogues:
+        turns = to_conversation(sample, images)
+        enc = pair.mllm.encode(turns)
+        counts = bov_counts(pair, enc)
+        tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
+        correct, total = correct + counts[3], total + counts[4]
+        pictures = [p.image for t in turns for p in t.parts if isinstance(p, ImagePart)]
+        drawn = draw_steps(pair, enc, pictures, generator)
+        assert len(drawn) == len(task.actions), (sample.id, len(drawn), len(task.actions))
+        for k, picture in enumerate(drawn):
+            ok, strict_ok, kept = judge_step(
+                task.scenes[k], task.scenes[k + 1], task.actions[k], find_shapes(picture, world), world
+            )
+            followed.append(ok)
+            strict.append(strict_ok)
+            consistency.append(kept)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "bov_f1": round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0,
+        "bov_precision": round(precision, 4),
+        "bov_recall": round(recall, 4),
+        "assistant_token_accuracy": round(correct / total, 4),
+        "instruction_following": round(sum(followed) / len(followed), 4),
+        "instruction_following_strict": round(sum(strict) / len(strict), 4),
+        "consistency": round(sum(consistency) / len(consistency), 4),
+        "held_out_dialogues": len(dialogues),
+        "held_out_steps": len(followed),
+    }
+
+
+# ------------------------------------------------------------------------------------- tensor parallel
+
+
+def tp_max_loss_diff() -> float:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "tp.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            str(WORKER),
+            str(out),
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+        if proc.returncode != 0:
+            raise SystemExit(f"tp_worker failed:\n{proc.stderr[-3000:]}")
+        result = json.loads(out.read_text())
+    return max(abs(a - b) for a, b in zip(result["tp_losses"], result["dense_losses"], strict=True))
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=None, help="run folder (default: a fresh temporary one, removed)")
+    for key, value in SETTINGS.items():
+        parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=value)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: these small ops gain little from 2, and lose 10x or more when "
+        "another process holds the second core)",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="toyworld_learning_"))
+    if args.out and out.exists():
+        shutil.rmtree(out)  # a fresh run: resuming would hide the training time
+    cfg = LocalRunConfig(out=str(out), **{k: getattr(args, k) for k in SETTINGS})
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # the trainers' log lines: stdout holds only the result
+        summary = run_local(cfg, log=lambda m: print(m, file=sys.stderr))
+    dialogues = held_out(cfg)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        pair = DuoGenPair.from_pretrained(summary["model"]).eval()
+    scores = evaluate(pair, dialogues, cfg.seed)
+    eval_seconds = time.perf_counter() - t0
+    tp_diff = tp_max_loss_diff()
+    result = {
+        "stage1_minutes": round(summary["seconds"]["stage1"] / 60, 2),
+        "stage2_minutes": round(summary["seconds"]["stage2"] / 60, 2),
+        **scores,
+        "tp2_vs_tp1_max_loss_diff": tp_diff,
+        "stage1_last_loss": round(summary["stage1_last_loss"], 4),
+        "stage2_last_loss": round(summary["stage2_last_loss"], 4),
+        "train_samples": summary["samples"],
+        "eval_minutes": round(eval_seconds / 60, 2),
+        "total_minutes": round((time.perf_counter() - start) / 60, 2),
+        "settings": {**{k: getattr(cfg, k) for k in SETTINGS}, "stage2_mix": cfg.stage2_mix},
+    }
+    if not args.out:
+        shutil.rmtree(out, ignore_errors=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
