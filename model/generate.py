@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from .chat import ImagePart, append_image, append_tokens, image_token_count, last_text_chunk_mask, to_turns
-from .flow import drop_last_text_chunk, sample_latent
+from .chat import ImagePart, append_image, append_tokens, image_token_count, to_turns
+from .flow import sample_latent
 from .pair import DuoGenPair
 from .session import MLLMSession
 from .tokenizer import ENDOFTEXT, IM_START, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_PAD, VISION_START
@@ -197,8 +197,7 @@ def generate(pair: DuoGenPair, conversation, options: GenerationOptions | None =
             reason = "context"
             break
         yield ImageStarted(usage.images)
-        text = session.text_stream(len(enc))
-        negative = drop_last_text_chunk(text, last_text_chunk_mask(enc.chunk_ids, len(enc)))
+        text, negative = pair.text_streams(enc, len(enc), session.text_stream(len(enc)))
         conditions = latents.conditions(cfg.dit.max_frames - 1)
         dit_start = time.perf_counter()
         latent = sample_latent(

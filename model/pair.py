@@ -70,16 +70,18 @@ class DuoGenPair(nn.Module):
         return self.vae.compression * self.config.dit.patch_size[1]
 
     def text_streams(
-        self, encoded: EncodedConversation, upto: int, layer_states: torch.Tensor | None = None
+        self, encoded: EncodedConversation, upto: int, stream: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The DiT's text stream for an image whose `<BOV>` sits at `upto`, and its CFG negative.
 
         Stream: every decoder layer's hidden states of the tokens before `<BOV>`, each layer normalised and
         all concatenated (the connector's input). Negative: the same without the last text chunk.
-        `layer_states` [num_layers, >= upto, hidden] can be passed when the caller already has them.
+        `stream` [>= upto, connector_in] can be passed when the caller already has the rows (the generation
+        session keeps them); otherwise the MLLM runs over the tokens before `upto`.
         """
-        if layer_states is None:
+        if stream is None:
             layer_states = self.mllm.layer_hidden_states(encoded, positions=range(upto))
-        stream = stack_layers(layer_states[:, :upto], eps=self.config.connector.norm_eps)
+            stream = stack_layers(layer_states, eps=self.config.connector.norm_eps)
+        stream = stream[:upto]
         negative = drop_last_text_chunk(stream, last_text_chunk_mask(encoded.chunk_ids, upto))
         return stream, negative

@@ -48,12 +48,12 @@ def evaluate(site: str | Path, shards_dir: str | Path) -> dict:
         if sample is None:
             continue
         kept = Counter(sample.lineage.hashes[ref] for ref in sample.image_refs())
+        folder = site / "img" / truth["page_id"]
+        sha_of = {n: _sha(folder / n) for n, i in images.items() if i.get("local") and (folder / n).exists()}
         by_hash: dict[str, list[str]] = {}
-        for name, info in sorted(images.items(), key=lambda kv: kv[1]["role"] in JUNK):
-            if info.get("local"):
-                path = site / "img" / truth["page_id"] / name
-                if path.exists():
-                    by_hash.setdefault(_sha(path), []).append(name)
+        for name, _info in sorted(images.items(), key=lambda kv: kv[1]["role"] in JUNK):
+            if name in sha_of:
+                by_hash.setdefault(sha_of[name], []).append(name)
         kept_names = set()
         for h, n in kept.items():
             kept_names.update(by_hash.get(h, [])[:n])
@@ -71,8 +71,7 @@ def evaluate(site: str | Path, shards_dir: str | Path) -> dict:
         for k, step in enumerate(truth["steps"]):
             steps_total += 1
             got = steps[k] if k < len(steps) else []
-            want = site / "img" / truth["page_id"] / step["image"]
-            right = [sample.lineage.hashes[r] for r in got] == [_sha(want)]
+            right = [sample.lineage.hashes[r] for r in got] == [sha_of[step["image"]]]
             steps_right += right
             if k in truth.get("misplaced_steps", []):
                 misplaced_total += 1

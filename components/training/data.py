@@ -20,7 +20,6 @@ from PIL import Image
 from duogen.components.curation.sample import Sample
 from duogen.components.curation.shards import read_shard
 from duogen.model.chat import EncodedConversation, ImagePart, TextPart, Turn
-from duogen.model.connector import stack_layers
 from duogen.model.flow import TrainingExample
 from duogen.model.pair import DuoGenPair
 
@@ -75,6 +74,5 @@ def stage2_example(
     if rng.random() < text_dropout:
         text = torch.zeros(1, pair.config.connector.in_channels)
     else:
-        layers = pair.mllm.layer_hidden_states(enc, positions=range(bov))
-        text = stack_layers(layers, eps=pair.config.connector.norm_eps)
+        text = pair.text_streams(enc, bov)[0]
     return TrainingExample(latents=latents, target=len(latents) - 1, text=text)

@@ -49,9 +49,9 @@ from duogen.components.toyworld import Add, compare, find_shapes, scene_consiste
 from duogen.components.toyworld.world import WorldConfig, _region
 from duogen.components.training.data import iter_samples, to_conversation
 from duogen.components.training.loop import shard_files
-from duogen.model.chat import IGNORE_INDEX, ImagePart, last_text_chunk_mask
+from duogen.model.chat import IGNORE_INDEX, ImagePart
 from duogen.model.connector import stack_layers
-from duogen.model.flow import drop_last_text_chunk, sample_latent
+from duogen.model.flow import sample_latent
 from duogen.model.generate import NOT_GENERATED
 from duogen.model.pair import DuoGenPair
 
@@ -155,8 +155,7 @@ def draw_steps(pair: DuoGenPair, enc, images, generator: torch.Generator):
         bov = start - 2
         if bov not in enc.bov_positions:
             continue  # a user image
-        text = stream[:bov]
-        negative = drop_last_text_chunk(text, last_text_chunk_mask(enc.chunk_ids, bov))
+        text, negative = pair.text_streams(enc, bov, stream)
         conditions = latents[max(0, k - keep) : k]
         h, w = latents[k].shape[-2:]
         latent = sample_latent(pair.dit, conditions, (h, w), text, negative, cfg.flow, generator)
