@@ -1,10 +1,6 @@
 """Tensor/data parallelism of the DiT: TP=2 on gloo equals the dense model, step for step (2 processes)."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,36 +11,17 @@ from torch import nn
 from duogen.components.training import parallelize as par
 from duogen.model.dit import DuoGenDiT
 from duogen.model.presets import tiny
+from duogen.platform.launch import torchrun
 
 WORKER = Path(__file__).with_name("tp_worker.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """The worker under torchrun with 2 processes: dense, TP=2 and DP=2 runs of the tiny DiT."""
     out = tmp_path_factory.mktemp("tp") / "result.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        str(WORKER),
-        str(out),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    proc = torchrun([str(WORKER), str(out)], nproc=2, timeout=180)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(out.read_text())
     result["wall_seconds"] = time.perf_counter() - start

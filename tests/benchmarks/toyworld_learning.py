@@ -30,10 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +51,7 @@ from duogen.model.connector import stack_layers
 from duogen.model.flow import sample_latent
 from duogen.model.generate import NOT_GENERATED
 from duogen.model.pair import DuoGenPair
+from duogen.platform.launch import torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "tests" / "tp_worker.py"
@@ -203,26 +201,9 @@ def evaluate(pair: DuoGenPair, dialogues, seed: int = 0) -> dict:
 
 
 def tp_max_loss_diff() -> float:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "tp.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(port),
-            str(WORKER),
-            str(out),
-        ]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+        proc = torchrun([str(WORKER), str(out)], nproc=2, timeout=300, cwd=str(ROOT))
         if proc.returncode != 0:
             raise SystemExit(f"tp_worker failed:\n{proc.stderr[-3000:]}")
         result = json.loads(out.read_text())
