@@ -1,25 +1,31 @@
-"""Tensor and data parallelism for the DiT, applied from outside to a built model (the torchtitan habit).
+"""Tensor and data parallelism for the DiT and the MLLM, applied from outside to a built model (the
+torchtitan habit).
 
-The DiT (`duogen.model.dit.DuoGenDiT`) is plain PyTorch and knows nothing of ranks. `parallelize_dit` takes
-a built model whose weights are identical on every rank and swaps, in every transformer block,
+Neither model knows anything of ranks. `parallelize_dit` / `parallelize_mllm` take a built model whose
+weights are identical on every rank and, driven by a table of (module-name pattern -> column/row) (`DIT_PLAN`,
+`MLLM_PLAN`) and one swap function, replace the attention and MLP linears of every block, copying each rank's
+shard out of the dense weight:
 
-- `attn1`/`attn2` `to_q`, `to_k`, `to_v` -> column-parallel (output features split: each rank keeps
-  `heads / tp` whole heads, and `attn.heads` becomes that local count),
-- `attn1`/`attn2` `to_out[0]` -> row-parallel (input already split by head; outputs are all-reduced),
-- `ff.net[0].proj` -> column-parallel, `ff.net[2]` -> row-parallel,
+- DiT (`duogen.model.dit.DuoGenDiT`): `attn1`/`attn2` `to_q`, `to_k`, `to_v` -> column-parallel (each rank
+  keeps `heads / tp` whole heads, and `attn.heads` becomes that local count), `to_out[0]` -> row-parallel
+  (input already split by head; outputs all-reduced), `ff.net[0].proj` -> column, `ff.net[2]` -> row. The
+  per-head q/k RMSNorm weight is over `head_dim` and shared by all heads, so it stays whole (its gradient is
+  all-reduced); AdaLN, patch/time embeddings, `proj_out` and the connector (`crossattn_proj`) stay replicated.
+- MLLM (transformers' `Qwen2_5_VLForConditionalGeneration`, `DuoGenMLLM.model`): in every language decoder
+  layer `q_proj`/`k_proj`/`v_proj` (biased) -> column (query and key/value heads both split: GQA), `o_proj`
+  -> row, `mlp.gate_proj`/`up_proj` -> column, `down_proj` -> row. The vision tower, embeddings, norms and
+  `lm_head` stay replicated.
 
-copying each rank's shard out of the dense weight. The per-head q/k RMSNorm weight is over `head_dim` and
-shared by all heads, so it stays as it is; AdaLN, patch embedding, time embedding, `proj_out` and the
-connector (`crossattn_proj`) stay replicated. Parameter names do not change (`transformer_blocks.0.attn1.
-to_q.weight` is still there, with a sharded shape), and `gather_full_state_dict` reassembles the dense
-diffusers-layout state dict, so checkpoints and exports keep the diffusers layout.
+Parameter names do not change (`transformer_blocks.0.attn1.to_q.weight` is still there, with a sharded
+shape), and `gather_full_state_dict` reassembles the dense state dict, so checkpoints and exports keep the
+diffusers / transformers layout.
 
 Which layers:
 
 - CPU, or GPU without Transformer Engine: megatron-core's `ColumnParallelLinear` / `RowParallelLinear`
-  (tested here on CPU with gloo: TP=2 equals TP=1 to float rounding).
+  (tested here on CPU with gloo: TP=2 equals TP=1 to float rounding, for both models).
 - GPU with Transformer Engine importable: TE's `Linear` with `parallel_mode="column"/"row"`, and the
-  training step runs under `fp8_autocast(dit)` with a recipe chosen by name (`fp8_recipe`). **This path is
+  training step runs under `fp8_autocast(model)` with a recipe chosen by name (`fp8_recipe`). **This path is
   real code but untested here** (no GPU, and Transformer Engine cannot be installed on this machine).
 
 Data parallelism over the remaining ranks is plain torch DDP on megatron-core's data-parallel group
@@ -34,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -208,7 +215,8 @@ def fp8_recipe(name: str = "delayed", **kwargs):
 
 def fp8_autocast(model: nn.Module):
     """The context the training step's forward runs in: TE's `fp8_autocast` with the recipe given to
-    `parallelize_dit(fp8=...)` when the model has TE layers, otherwise a no-op context. (Untested on GPU.)"""
+    `parallelize_dit` / `parallelize_mllm` (`fp8=...`) when the model has TE layers, otherwise a no-op
+    context. (Untested on GPU.)"""
     info = getattr(_unwrap(model), "tensor_parallel", None)
     if info is None or info.backend != "te" or info.fp8 is None:
         return contextlib.nullcontext()
@@ -248,7 +256,7 @@ def _te_linear(parallel_mode: str, dense: nn.Linear, tp: int, group, pad_rows: b
     layer = _te_linear_class()(
         dense.in_features,
         dense.out_features,
-        bias=False,
+        bias=dense.bias is not None,
         tp_group=group,
         tp_size=tp,
         parallel_mode=parallel_mode,
@@ -263,7 +271,7 @@ def _te_linear(parallel_mode: str, dense: nn.Linear, tp: int, group, pad_rows: b
 # --- tensor parallelism ------------------------------------------------------------------------------------
 @dataclass
 class TensorParallelInfo:
-    """Recorded on the model as `model.tensor_parallel` by `parallelize_dit`."""
+    """Recorded on the model as `model.tensor_parallel` by `parallelize_dit` / `parallelize_mllm`."""
 
     size: int
     rank: int
@@ -273,18 +281,21 @@ class TensorParallelInfo:
     sharded: dict[str, int] = field(default_factory=dict, repr=False)  # parameter name -> split dim
 
 
-# (path inside a block, parallel mode). Column: output features split; row: input features split.
-_BLOCK_PLAN = (
-    ("attn1.to_q", "column"),
-    ("attn1.to_k", "column"),
-    ("attn1.to_v", "column"),
-    ("attn1.to_out.0", "row"),
-    ("attn2.to_q", "column"),
-    ("attn2.to_k", "column"),
-    ("attn2.to_v", "column"),
-    ("attn2.to_out.0", "row"),
-    ("ff.net.0.proj", "column"),
-    ("ff.net.2", "row"),
+# Sharding plans: (regular expression for a full module name, parallel mode). Column: output features (and
+# bias) split; row: input features split, bias whole and added after the all-reduce. Each column layer feeds
+# the row layer after it directly, so a block costs one all-reduce per row layer each way.
+DIT_PLAN = (
+    (r"transformer_blocks\.\d+\.attn[12]\.to_[qkv]", "column"),
+    (r"transformer_blocks\.\d+\.attn[12]\.to_out\.0", "row"),
+    (r"transformer_blocks\.\d+\.ff\.net\.0\.proj", "column"),
+    (r"transformer_blocks\.\d+\.ff\.net\.2", "row"),
+)
+# Anchored on `language_model`: the vision tower's MLP has the same gate/up/down names and stays replicated.
+MLLM_PLAN = (
+    (r"model\.language_model\.layers\.\d+\.self_attn\.[qkv]_proj", "column"),
+    (r"model\.language_model\.layers\.\d+\.self_attn\.o_proj", "row"),
+    (r"model\.language_model\.layers\.\d+\.mlp\.(gate|up)_proj", "column"),
+    (r"model\.language_model\.layers\.\d+\.mlp\.down_proj", "row"),
 )
 
 
@@ -313,6 +324,120 @@ def _shard(weight: torch.Tensor, dim: int, tp: int, rank: int) -> torch.Tensor:
     return weight.chunk(tp, dim=dim)[rank]
 
 
+def _check_request(
+    model: nn.Module, tp: int, use_te: bool | None, fp8: str | None
+) -> tuple[bool, str | None]:
+    """Validate what both `parallelize_*` take; returns the resolved `use_te` and `fp8` (None without TE)."""
+    if tp < 1:
+        raise ValueError(f"tensor-parallel size must be >= 1, got {tp}")
+    if fp8 is not None and fp8 not in FP8_RECIPES:
+        raise ValueError(f"unknown FP8 recipe {fp8!r}; choose one of {', '.join(FP8_RECIPES)}")
+    if getattr(model, "tensor_parallel", None) is not None:
+        raise ValueError("this model is already parallelized")
+    use_te = _use_te_default() if use_te is None else use_te
+    if use_te and not te_available():
+        raise RuntimeError("use_te=True but Transformer Engine is not importable")
+    if fp8 is not None and not use_te:
+        warnings.warn(f"FP8 recipe {fp8!r} ignored: Transformer Engine layers are not in use", stacklevel=3)
+        fp8 = None
+    return use_te, fp8
+
+
+def _require_divisible(what: str, n: int, tp: int) -> None:
+    if n % tp:
+        raise ValueError(
+            f"cannot shard {n} {what} over {tp} tensor-parallel ranks: "
+            f"the number of {what} must be divisible by the tensor-parallel size"
+        )
+
+
+def _resolve_group(tp: int, tp_group: dist.ProcessGroup | None, caller: str):
+    """The tensor-parallel group (default: megatron-core's) and this process's rank in it."""
+    if tp == 1:  # TE layers only for FP8 (GPU): no communication, no group needed
+        return None, 0
+    if tp_group is None:
+        if not dist.is_initialized():
+            raise RuntimeError(
+                f"{caller} with tensor-parallel size > 1 needs torch.distributed: call "
+                "init_distributed(tp) first (or pass tp_group)"
+            )
+        tp_group = _megatron()[0].get_tensor_model_parallel_group()
+    if dist.get_world_size(tp_group) != tp:
+        raise ValueError(
+            f"tp_group_size={tp} but the tensor-parallel group has {dist.get_world_size(tp_group)} ranks"
+        )
+    return tp_group, dist.get_rank(tp_group)
+
+
+def _swap_linears(
+    model: nn.Module, plan, tp: int, group, rank: int, use_te: bool, fp8: str | None
+) -> TensorParallelInfo:
+    """Replace every `nn.Linear` that `plan` names with a column/row-parallel layer holding this rank's
+    shard of the dense weight (and bias), under the same attribute name, so parameter names do not change.
+    The one mechanism behind both `parallelize_dit` and `parallelize_mllm`."""
+    compiled = [(re.compile(pattern), mode) for pattern, mode in plan]
+    targets = []
+    for name, module in model.named_modules():
+        mode = next((m for pattern, m in compiled if pattern.fullmatch(name)), None)
+        if mode is None:
+            continue
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"{name} is not an nn.Linear: {type(module).__name__}")
+        targets.append((name, module, mode))
+    missing = [p.pattern for p, _ in compiled if not any(p.fullmatch(name) for name, _, _ in targets)]
+    if missing:
+        raise TypeError(f"{type(model).__name__} has no layer matching {missing}: not the model of this plan")
+
+    configs: dict[torch.dtype, object] = {}  # one megatron config per parameter dtype
+
+    def megatron_layer(mode: str, dense: nn.Linear) -> nn.Module:
+        _, _, ModelParallelConfig, Column, Row = _megatron()
+        dtype = dense.weight.dtype
+        if dtype not in configs:
+            configs[dtype] = ModelParallelConfig(
+                tensor_model_parallel_size=tp,
+                use_cpu_initialization=True,  # allocate on CPU, no CUDA RNG tracker; weights are copied in
+                perform_initialization=False,
+                gradient_accumulation_fusion=False,  # needs Apex's fused CUDA kernel
+                sequence_parallel=False,
+                params_dtype=dtype,
+            )
+        cls = Column if mode == "column" else Row
+        kwargs = {"input_is_parallel": True, "skip_bias_add": False} if mode == "row" else {}
+        layer = cls(
+            dense.in_features,
+            dense.out_features,
+            config=configs[dtype],
+            init_method=nn.init.zeros_,  # not called (perform_initialization=False)
+            bias=dense.bias is not None,
+            tp_group=group,
+            **kwargs,
+        )
+        return layer.to(dense.weight.device)
+
+    info = TensorParallelInfo(
+        size=tp, rank=rank, backend="te" if use_te else "megatron", fp8=fp8, group=group
+    )
+    for name, dense, mode in targets:
+        dim = 0 if mode == "column" else 1
+        if use_te:
+            layer = _te_linear(mode, dense, tp, group, pad_rows=fp8 is not None)
+        else:
+            layer = megatron_layer(mode, dense)
+        with torch.no_grad():
+            layer.weight.copy_(_shard(dense.weight, dim, tp, rank))
+            if dense.bias is not None:  # a row layer adds its whole bias once, after the all-reduce
+                layer.bias.copy_(_shard(dense.bias, 0, tp, rank) if mode == "column" else dense.bias)
+        for param_name, param in dense.named_parameters():
+            getattr(layer, param_name).requires_grad_(param.requires_grad)
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, layer)  # also right for Sequential / ModuleList items
+        info.sharded[f"{name}.weight"] = dim
+        if dense.bias is not None and mode == "column":
+            info.sharded[f"{name}.bias"] = 0
+    return info
+
+
 def parallelize_dit(
     dit: nn.Module,
     tp_group_size: int,
@@ -321,98 +446,24 @@ def parallelize_dit(
     use_te: bool | None = None,
     fp8: str | None = None,
 ) -> nn.Module:
-    """Shard the DiT's attention and MLP linears over `tp_group_size` ranks, in place; returns `dit`.
+    """Shard the DiT's attention and MLP linears (`DIT_PLAN`) over `tp_group_size` ranks, in place; returns
+    `dit`.
 
     `dit` must be built and hold the same weights on every rank. `tp_group` defaults to megatron-core's
     tensor-parallel group (`init_distributed` first). `use_te` defaults to "TE importable and CUDA present";
     `fp8` names the recipe (`fp8_recipe`) `fp8_autocast(dit)` uses (TE only; warned about and ignored
     without TE). With `tp_group_size == 1` and no FP8 the model is returned untouched.
     """
-    if tp_group_size < 1:
-        raise ValueError(f"tensor-parallel size must be >= 1, got {tp_group_size}")
-    if fp8 is not None and fp8 not in FP8_RECIPES:
-        raise ValueError(f"unknown FP8 recipe {fp8!r}; choose one of {', '.join(FP8_RECIPES)}")
-    if getattr(dit, "tensor_parallel", None) is not None:
-        raise ValueError("this model is already parallelized")
-    use_te = _use_te_default() if use_te is None else use_te
-    if use_te and not te_available():
-        raise RuntimeError("use_te=True but Transformer Engine is not importable")
-    if fp8 is not None and not use_te:
-        warnings.warn(f"FP8 recipe {fp8!r} ignored: Transformer Engine layers are not in use", stacklevel=2)
-        fp8 = None
+    use_te, fp8 = _check_request(dit, tp_group_size, use_te, fp8)
     cfg = dit.config
     heads = cfg.num_attention_heads
-    ffn = int(cfg.hidden_size * cfg.mlp_ratio)
-    if heads % tp_group_size:
-        raise ValueError(
-            f"cannot shard {heads} attention heads over {tp_group_size} tensor-parallel ranks: "
-            f"the head count must be divisible by the tensor-parallel size"
-        )
-    if ffn % tp_group_size:
-        raise ValueError(f"MLP width {ffn} is not divisible by the tensor-parallel size {tp_group_size}")
+    _require_divisible("attention heads", heads, tp_group_size)
+    _require_divisible("MLP features", int(cfg.hidden_size * cfg.mlp_ratio), tp_group_size)
     if tp_group_size == 1 and fp8 is None:
         return dit
-
-    if tp_group_size == 1:  # TE layers only for FP8 (GPU): no communication, no group needed
-        tp_group = None
-    elif tp_group is None:
-        if not dist.is_initialized():
-            raise RuntimeError(
-                "parallelize_dit with tensor-parallel size > 1 needs torch.distributed: call "
-                "init_distributed(tp) first (or pass tp_group)"
-            )
-        tp_group = _megatron()[0].get_tensor_model_parallel_group()
-    if tp_group is not None and dist.get_world_size(tp_group) != tp_group_size:
-        raise ValueError(
-            f"tp_group_size={tp_group_size} but the tensor-parallel group has "
-            f"{dist.get_world_size(tp_group)} ranks"
-        )
-    rank = dist.get_rank(tp_group) if tp_group is not None else 0
-
-    if not use_te:
-        _, _, ModelParallelConfig, Column, Row = _megatron()
-        mp_config = ModelParallelConfig(
-            tensor_model_parallel_size=tp_group_size,
-            use_cpu_initialization=True,  # allocate on CPU, no CUDA RNG tracker; we copy weights in anyway
-            perform_initialization=False,
-            gradient_accumulation_fusion=False,  # needs Apex's fused CUDA kernel
-            sequence_parallel=False,
-            params_dtype=dit.patch_embed.proj.weight.dtype,
-        )
-
-    info = TensorParallelInfo(
-        size=tp_group_size, rank=rank, backend="te" if use_te else "megatron", fp8=fp8, group=tp_group
-    )
-    for b, block in enumerate(dit.transformer_blocks):
-        for path, mode in _BLOCK_PLAN:
-            parent_path, _, leaf = path.rpartition(".")
-            parent = block.get_submodule(parent_path)
-            dense = parent[int(leaf)] if leaf.isdigit() else getattr(parent, leaf)
-            if not isinstance(dense, nn.Linear) or dense.bias is not None:
-                raise TypeError(f"transformer_blocks.{b}.{path} is not a bias-free nn.Linear: {dense!r}")
-            dim = 0 if mode == "column" else 1
-            if use_te:
-                layer = _te_linear(mode, dense, tp_group_size, tp_group, pad_rows=fp8 is not None)
-            else:
-                cls = Column if mode == "column" else Row
-                kwargs = {"input_is_parallel": True, "skip_bias_add": False} if mode == "row" else {}
-                layer = cls(
-                    dense.in_features,
-                    dense.out_features,
-                    config=mp_config,
-                    init_method=nn.init.zeros_,  # not called (perform_initialization=False)
-                    bias=False,
-                    tp_group=tp_group,
-                    **kwargs,
-                ).to(dense.weight.device)
-            with torch.no_grad():
-                layer.weight.copy_(_shard(dense.weight, dim, tp_group_size, rank))
-            layer.weight.requires_grad_(dense.weight.requires_grad)
-            if leaf.isdigit():
-                parent[int(leaf)] = layer
-            else:
-                setattr(parent, leaf, layer)
-            info.sharded[f"transformer_blocks.{b}.{path}.weight"] = dim
+    tp_group, rank = _resolve_group(tp_group_size, tp_group, "parallelize_dit")
+    info = _swap_linears(dit, DIT_PLAN, tp_group_size, tp_group, rank, use_te, fp8)
+    for block in dit.transformer_blocks:
         for attn in (block.attn1, block.attn2):
             attn.heads = heads // tp_group_size
             if tp_group_size > 1:
@@ -420,6 +471,48 @@ def parallelize_dit(
                 attn.norm_k = _head_shared_norm(attn.norm_k, tp_group)
     dit.tensor_parallel = info
     return dit
+
+
+def parallelize_mllm(
+    model: nn.Module,
+    tp_group_size: int,
+    *,
+    tp_group: dist.ProcessGroup | None = None,
+    use_te: bool | None = None,
+    fp8: str | None = None,
+) -> nn.Module:
+    """Shard the language model of Qwen2.5-VL (`MLLM_PLAN`) over `tp_group_size` ranks, in place; returns
+    `model`, transformers' `Qwen2_5_VLForConditionalGeneration` (`DuoGenMLLM.model`, `pair.mllm.model`).
+
+    Per decoder layer q/k/v (with their biases) are column-parallel, whole heads per rank; with GQA the
+    key/value heads are split too, so both head counts must be divisible by the TP size, and rank r's query
+    heads still read its own key/value heads (`num_key_value_groups` is unchanged). transformers 5.23's
+    attention reshapes with -1 and `head_dim`, so only the layer attributes `num_heads` and
+    `num_key_value_heads` are set to the local counts; the shared config keeps the dense ones (saving and
+    export stay dense; a `StaticCache` sized from the config would not fit: train and generate dynamically).
+    The vision tower, embeddings, norms and lm_head stay replicated: the column layers all-reduce the
+    gradient of their input, so replicated weights get the full gradient on every rank. Arguments as in
+    `parallelize_dit`; the TE/FP8 path is real code but untested (GPU only).
+    """
+    use_te, fp8 = _check_request(model, tp_group_size, use_te, fp8)
+    text = getattr(getattr(model, "config", None), "text_config", None)
+    if text is None or not hasattr(getattr(model, "model", None), "language_model"):
+        raise TypeError(
+            "parallelize_mllm takes transformers' Qwen2_5_VLForConditionalGeneration (DuoGenMLLM.model), "
+            f"got {type(model).__name__}"
+        )
+    _require_divisible("attention heads", text.num_attention_heads, tp_group_size)
+    _require_divisible("key/value heads", text.num_key_value_heads, tp_group_size)
+    _require_divisible("MLP features", text.intermediate_size, tp_group_size)
+    if tp_group_size == 1 and fp8 is None:
+        return model
+    tp_group, rank = _resolve_group(tp_group_size, tp_group, "parallelize_mllm")
+    info = _swap_linears(model, MLLM_PLAN, tp_group_size, tp_group, rank, use_te, fp8)
+    for layer in model.model.language_model.layers:
+        layer.self_attn.num_heads = text.num_attention_heads // tp_group_size
+        layer.self_attn.num_key_value_heads = text.num_key_value_heads // tp_group_size
+    model.tensor_parallel = info
+    return model
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -431,14 +524,16 @@ def _is_extra_state(key: str) -> bool:
 
 
 def gather_full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The dense, diffusers-layout state dict of a (possibly parallelized, possibly DDP-wrapped) DiT.
+    """The dense state dict (diffusers layout for the DiT, transformers layout for the MLLM) of a (possibly
+    parallelized, possibly DDP-wrapped) model: each parameter in `model.tensor_parallel.sharded` is
+    all-gathered along its split dim.
 
     Collective: every rank of the tensor-parallel group must call it; every rank gets the full dict
     (all-gather), so rank 0 can save or export it. Tensors are detached CPU-independent copies."""
-    dit = _unwrap(model)
-    info: TensorParallelInfo | None = getattr(dit, "tensor_parallel", None)
+    model = _unwrap(model)
+    info: TensorParallelInfo | None = getattr(model, "tensor_parallel", None)
     out = {}
-    for key, value in dit.state_dict().items():
+    for key, value in model.state_dict().items():
         if _is_extra_state(key):
             continue
         dim = info.sharded.get(key) if info is not None else None
@@ -452,14 +547,14 @@ def gather_full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_full_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Load a dense diffusers-layout state dict into a parallelized DiT: each rank takes its shards."""
-    dit = _unwrap(model)
-    info: TensorParallelInfo | None = getattr(dit, "tensor_parallel", None)
+    """Load a dense state dict into a (possibly parallelized) DiT or MLLM: each rank takes its shards."""
+    model = _unwrap(model)
+    info: TensorParallelInfo | None = getattr(model, "tensor_parallel", None)
     local = {}
     for key, value in state_dict.items():
         dim = info.sharded.get(key) if info is not None else None
         local[key] = value if dim is None else _shard(value, dim, info.size, info.rank)
-    result = dit.load_state_dict(local, strict=False)
+    result = model.load_state_dict(local, strict=False)
     missing = [k for k in result.missing_keys if not _is_extra_state(k)]
     unexpected = [k for k in result.unexpected_keys if not _is_extra_state(k)]
     if missing or unexpected:
@@ -472,12 +567,12 @@ def replicate_check(model: nn.Module, group: dist.ProcessGroup | None = None, at
     """Names of replicated (non-sharded) parameters that differ across `group` (default: the model's
     tensor-parallel group). Collective; every rank gets the same list, empty when the replicas agree, as
     they must after every optimizer step."""
-    dit = _unwrap(model)
-    info: TensorParallelInfo | None = getattr(dit, "tensor_parallel", None)
+    model = _unwrap(model)
+    info: TensorParallelInfo | None = getattr(model, "tensor_parallel", None)
     group = group if group is not None else (info.group if info is not None else None)
     src = dist.get_global_rank(group, 0) if group is not None else 0
     names, gaps = [], []
-    for name, param in dit.named_parameters():
+    for name, param in model.named_parameters():
         if info is not None and name in info.sharded:
             continue
         reference = param.detach().clone()
