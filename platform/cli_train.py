@@ -1,19 +1,51 @@
-"""`duogen train stage1|stage2`: one process here; the same entry point is what a PyTorchJob's pods run."""
+"""`duogen train stage1|stage2 [--nproc N]`: one process, or N under local torchrun; the same entry point is
+what a PyTorchJob's pods run (they join their job through the environment the operator sets)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
+def _in_a_job() -> bool:
+    """Started by torchrun or a PyTorchJob (its operator sets MASTER_ADDR, RANK, WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _spawn(args: argparse.Namespace, tp: int) -> int:
+    """This same command in `--nproc` local processes under torchrun (output streams here)."""
+    from duogen.platform.launch import torchrun
+
+    if args.nproc % tp:
+        raise SystemExit(f"duogen train: error: tp={tp} must divide --nproc {args.nproc}")
+    argv = ["-m", "duogen.platform.cli", "train", args.stage]
+    argv += ["--config", args.config] if args.config else []
+    argv += [f"--set={item}" for item in args.set or []]
+    argv += ["--quiet"] if args.quiet else []
+    return torchrun(argv, nproc=args.nproc, capture=False).returncode
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train one stage from a config file (+ key=value overrides); a rerun resumes from its checkpoint."""
+    """Train one stage from a config file (+ key=value overrides); a rerun resumes from its checkpoint.
+
+    `--nproc N` runs N processes on this machine (torchrun on 127.0.0.1, `--set tp=K` for tensor
+    parallelism); a process that is already part of a job (WORLD_SIZE > 1: a PyTorchJob pod, or a torchrun
+    worker) joins it instead. Rank 0 prints one JSON summary line, with the loss of every step it ran."""
     from duogen.components.training.config import load_config
-    from duogen.components.training.loop import Trainer
 
     cfg = load_config(args.config, [f"stage={args.stage}", *(args.set or [])])
-    result = Trainer(cfg, progress=not args.quiet).train()
+    if args.nproc > 1 and not _in_a_job():
+        return _spawn(args, cfg.tp)
+    from duogen.components.training.loop import Trainer
+
+    trainer = Trainer(cfg, progress=not args.quiet)
+    try:
+        result = trainer.train()
+    finally:
+        trainer.close()
+    steps = sorted(result.losses)
     summary = {
         "stage": cfg.stage,
         "status": result.status,
@@ -21,10 +53,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         "model": result.model_dir,
         "mlflow_run_id": result.run_id,
         "seconds": round(result.seconds, 2),
-        "last_loss": result.losses[max(result.losses)] if result.losses else None,
+        "last_loss": result.losses[steps[-1]] if steps else None,
+        "first_step": steps[0] if steps else result.step,  # `losses` are those of steps first_step, ...
+        "losses": [result.losses[s] for s in steps],
     }
-    print(json.dumps(summary))
-    sys.stdout.flush()
+    if trainer.is_main:
+        print(json.dumps(summary))
+        sys.stdout.flush()
     return 0 if result.status == "finished" else 143  # 128 + SIGTERM: the pod was evicted, rerun to resume
 
 
@@ -69,6 +104,13 @@ def add_train(sub) -> None:
     train.add_argument("--config", default=None, help="config file (.json or .toml); fields of TrainConfig")
     train.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)"
+    )
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes on this machine, started with torchrun on 127.0.0.1 (default: 1); ignored when "
+        "WORLD_SIZE is set (a PyTorchJob pod or torchrun worker joins its job)",
     )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)

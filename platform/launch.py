@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,14 +16,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(
-    argv: Sequence[str], nproc: int = 2, timeout: float | None = None, cwd: str | None = None
-) -> subprocess.CompletedProcess:
-    """Run `python -m torch.distributed.run ... argv` on a free local port; output is captured.
-
-    One intra-op thread per process: two processes on a 2-core machine otherwise oversubscribe the cores.
-    """
-    cmd = [
+def torchrun_command(argv: Sequence[str], nproc: int = 2) -> list[str]:
+    """`python -m torch.distributed.run` with `nproc` processes on a free port of 127.0.0.1, then `argv`
+    (a script and its arguments, or `-m module ...`)."""
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -34,5 +31,34 @@ def torchrun(
         str(free_port()),
         *argv,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+
+
+def _env() -> dict[str, str]:
+    """One intra-op thread per process (two processes on a 2-core machine oversubscribe cores)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def torchrun(
+    argv: Sequence[str],
+    nproc: int = 2,
+    timeout: float | None = None,
+    cwd: str | None = None,
+    capture: bool = True,
+) -> subprocess.CompletedProcess:
+    """Run `torchrun_command(argv, nproc)`. `capture=True` collects the output (tests); `capture=False`
+    streams it to this process's terminal (the CLI) and forwards SIGTERM to torchrun, which passes it on
+    to the workers (they checkpoint and stop)."""
+    cmd = torchrun_command(argv, nproc)
+    if capture:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=cwd)
+    proc = subprocess.Popen(cmd, env=_env(), cwd=cwd)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return subprocess.CompletedProcess(cmd, code)

@@ -31,6 +31,10 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 50
+    stop_at: int | None = None  # end this run after this step as a preemption would (a rerun resumes)
+    checkpoint_dir: str | None = None  # a folder or s3://bucket/prefix; default: `out`/checkpoints
+    tp: int = 1  # tensor-parallel size (ranks per TP group); data parallel over world size / tp
+    fp8: str | None = None  # Transformer Engine FP8 recipe name ("delayed", "current", ...); GPU only
     tracking_uri: str | None = None  # MLflow; default: a sqlite file in `out`
     experiment: str = "duogen"
     pipeline_run_id: str | None = None
@@ -40,6 +44,18 @@ class TrainConfig:
             raise ValueError(f"stage must be 'stage1' or 'stage2', got {self.stage!r}")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("steps, batch_size and grad_accum must be at least 1")
+        if self.tp < 1:
+            raise ValueError(f"tp (tensor-parallel size) must be at least 1, got {self.tp}")
+        if self.fp8 is not None:
+            from .parallelize import FP8_RECIPES
+
+            if self.fp8 not in FP8_RECIPES:
+                raise ValueError(f"unknown fp8 recipe {self.fp8!r}; choose one of {', '.join(FP8_RECIPES)}")
+
+    @property
+    def checkpoints(self) -> str:
+        """Where checkpoints go: `checkpoint_dir`, or `out`/checkpoints."""
+        return self.checkpoint_dir or str(Path(self.out) / "checkpoints")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -5,12 +5,22 @@ Stage 2 freezes the MLLM (no grads, eval mode) and trains connector + DiT with f
 step draws at random (which examples, which target image, timesteps, noise) is seeded by the step or the
 example position, so a run resumed from a checkpoint continues exactly the loss curve of an uninterrupted
 one. SIGTERM (a pod eviction) finishes the current step, writes a checkpoint and stops.
+
+Distributed (started by torchrun or a PyTorchJob, i.e. WORLD_SIZE > 1, or `tp` > 1): `init_distributed(tp)`,
+then the trained model is parallelized from outside (`parallelize_dit` / `parallelize_mllm`, tensor parallel
+over `tp` ranks, Transformer Engine + FP8 on GPU nodes) and data parallel (DDP) over the remaining ranks.
+Data-parallel rank r takes the micro-batch at global position `position + (micro * dp + r) * batch_size`, so
+the ranks see different examples, the checkpointed position stays global (a run resumes under another data-
+parallel size) and the ranks of one TP group see the same examples and the same draws (seeded by step, micro
+and dp rank). Logged losses are the mean over data-parallel ranks; rank 0 alone tracks and exports (the
+dense weights gathered from the shards). A single process runs exactly as before, without a process group.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
+import os
 import random
 import signal
 import time
@@ -19,15 +29,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch import nn
 from tqdm import tqdm
 
 from duogen.model.flow import flow_matching_loss
+from duogen.model.mllm import DuoGenMLLM
 from duogen.model.pair import DuoGenPair
 from duogen.model.presets import PRESETS, get_preset
+from duogen.platform import storage
 
 from . import checkpoint
 from .config import TrainConfig
 from .data import iter_samples, stage1_example, stage2_example
+from .parallelize import (
+    ParallelState,
+    fp8_autocast,
+    gather_full_state_dict,
+    init_distributed,
+    parallelize_dit,
+    parallelize_mllm,
+    shutdown_distributed,
+    wrap_data_parallel,
+)
 
 
 @dataclass
@@ -56,9 +80,64 @@ def warmup_cosine(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+class Stage1Loss(nn.Module):
+    """Mean next-token loss of a micro-batch in one module call, so DDP sees one forward per backward."""
+
+    def __init__(self, mllm: DuoGenMLLM) -> None:
+        super().__init__()
+        self.mllm = mllm
+
+    def forward(self, examples) -> torch.Tensor:
+        return torch.stack([self.mllm.forward(e, with_loss=True).loss for e in examples]).mean()
+
+
+class Stage2Loss(nn.Module):
+    """Flow-matching loss of a micro-batch in one module call (DDP wraps this, not the DiT: the loss reads
+    the DiT's config, which a DDP wrapper hides)."""
+
+    def __init__(self, dit: nn.Module, flow) -> None:
+        super().__init__()
+        self.dit, self.flow = dit, flow
+
+    def forward(self, examples, generator: torch.Generator) -> torch.Tensor:
+        return flow_matching_loss(self.dit, examples, self.flow, generator)
+
+
+def clip_grad_norm_tensor_parallel(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """`clip_grad_norm_` for a tensor-parallel model: the norm of the whole (dense) gradient, the same on
+    every TP rank. Squares of sharded gradients are summed over the TP group; replicated ones (identical on
+    every TP rank) count once. A per-rank `clip_grad_norm_` would scale each rank's shards differently."""
+    info = model.tensor_parallel
+    sharded, replicated = [], []
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            (sharded if name in info.sharded else replicated).append(p.grad)
+
+    def squares(grads: list[torch.Tensor]) -> torch.Tensor:
+        zero = torch.zeros((), device=next(model.parameters()).device)
+        return sum((g.detach().float().pow(2).sum() for g in grads), zero)
+
+    local = squares(sharded)
+    dist.all_reduce(local, group=info.group)
+    total = (local + squares(replicated)).sqrt()
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in sharded + replicated:
+        g.mul_(coef.to(g.dtype))
+    return total
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, progress: bool = True) -> None:
-        self.cfg, self.progress = cfg, progress
+        self.cfg = cfg
+        self.parallel: ParallelState | None = self._init_distributed(cfg)
+        self.is_main = self.parallel is None or self.parallel.is_main
+        self.dp_rank = self.parallel.dp_rank if self.parallel else 0
+        self.dp_size = self.parallel.dp_size if self.parallel else 1
+        self.progress = progress and self.is_main
         torch.manual_seed(cfg.seed)
         self.pair = (
             DuoGenPair.build(get_preset(cfg.model), seed=cfg.seed)
@@ -95,11 +174,77 @@ class Trainer:
                 self.model.gradient_checkpointing_enable()
             else:
                 self.pair.dit.gradient_checkpointing = True
+        self._parallelize()
+        if cfg.stage == "stage1":
+            loss = Stage1Loss(self.pair.mllm)
+        else:
+            loss = Stage2Loss(self.pair.dit, self.pair.config.flow)
+        self.loss_module = self._data_parallel(loss)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_cosine(s, cfg))
-        self.ema = copy.deepcopy(self.pair.dit).eval() if cfg.ema and cfg.stage == "stage2" else None
+        # EMA of the DiT's parameters by name (local shards under TP, like the parameters)
+        self.ema = (
+            {name: p.detach().clone() for name, p in self.model.named_parameters()}
+            if cfg.ema and cfg.stage == "stage2"
+            else None
+        )
         self.stop_requested = False
+
+    # --- parallelism ------------------------------------------------------------------------------------
+    @staticmethod
+    def _init_distributed(cfg: TrainConfig) -> ParallelState | None:
+        """Join the job when there is one (WORLD_SIZE > 1) or tensor parallelism is asked for."""
+        world = _world_size()
+        if world == 1 and cfg.tp == 1:
+            return None
+        if world % cfg.tp:
+            raise ValueError(
+                f"tp={cfg.tp} must divide the number of processes ({world}): start a multiple of {cfg.tp} "
+                f"processes (`duogen train {cfg.stage} --nproc N`, or a PyTorchJob with N workers)"
+            )
+        return init_distributed(cfg.tp, seed=cfg.seed)
+
+    def _parallelize(self) -> None:
+        """Tensor parallelism (and TE/FP8 layers) applied to the built model, in place."""
+        if self.parallel is None and self.cfg.fp8 is None:
+            return
+        if self.parallel is not None and self.parallel.device.type == "cuda":
+            self.pair.to(self.parallel.device)
+        tp = self.parallel.tp_size if self.parallel else 1
+        if self.cfg.stage == "stage2":
+            parallelize_dit(self.pair.dit, tp, fp8=self.cfg.fp8)
+        else:
+            parallelize_mllm(self.model, tp, fp8=self.cfg.fp8)
+
+    def _data_parallel(self, module: nn.Module) -> nn.Module:
+        """DDP over the data-parallel group; Stage 1 allows unused parameters (text-only micro-batches leave
+        the vision tower without gradients)."""
+        if self.dp_size == 1:
+            return module
+        return wrap_data_parallel(
+            module, self.parallel.dp_group, find_unused_parameters=self.cfg.stage == "stage1"
+        )
+
+    def _mean_over_data_parallel(self, value: float) -> float:
+        if self.dp_size == 1:
+            return value
+        t = torch.tensor(value, dtype=torch.float64, device=self.parallel.device)
+        dist.all_reduce(t, group=self.parallel.dp_group)
+        return t.item() / self.dp_size
+
+    def _stop_agreed(self) -> bool:
+        """Every rank stops after the same step, even if the SIGTERMs arrive between two steps."""
+        if self.parallel is None:
+            return self.stop_requested
+        flag = torch.tensor(float(self.stop_requested), device=self.parallel.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def close(self) -> None:
+        """Leave the process group (the end of a distributed run)."""
+        if self.parallel is not None:
+            shutdown_distributed()
 
     # --- data -------------------------------------------------------------------------------------------
     def example_at(self, position: int):
@@ -111,13 +256,15 @@ class Trainer:
         return stage2_example(self.pair, sample, images, rng, self.cfg.text_dropout)
 
     def micro_loss(self, step: int, micro: int, position: int) -> torch.Tensor:
+        """The loss of the micro-batch starting at global data `position`."""
         examples = [self.example_at(position + i) for i in range(self.cfg.batch_size)]
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.cuda.is_available())
-        with autocast:
+        with autocast, fp8_autocast(self.model):
             if self.cfg.stage == "stage1":
-                return torch.stack([self.pair.mllm.forward(e, with_loss=True).loss for e in examples]).mean()
-            gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step * 131 + micro)
-            return flow_matching_loss(self.pair.dit, examples, self.pair.config.flow, gen)
+                return self.loss_module(examples)
+            # timesteps and noise: the same on the ranks of a TP group, different per data-parallel rank
+            seed = self.cfg.seed * 1_000_003 + step * 131 + micro + (self.dp_rank << 32)
+            return self.loss_module(examples, torch.Generator().manual_seed(seed))
 
     # --- loop -------------------------------------------------------------------------------------------
     def _on_sigterm(self, signum, frame) -> None:
@@ -125,11 +272,13 @@ class Trainer:
 
     def train(self) -> TrainResult:
         cfg, out = self.cfg, Path(self.cfg.out)
-        ckpt_dir = out / "checkpoints"
+        ckpt_dir = cfg.checkpoints
         start_step, position = 0, 0
         if (resume := checkpoint.latest(ckpt_dir)) is not None:
-            start_step, position = checkpoint.load(resume, self.model, self.optimizer, self.scheduler)
-        tracker = self._tracker(resumed=resume is not None)
+            start_step, position = checkpoint.load(
+                resume, self.model, self.optimizer, self.scheduler, self.ema
+            )
+        tracker = self._tracker(resumed=resume is not None) if self.is_main else None
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         losses: dict[int, float] = {}
         started = time.perf_counter()
@@ -142,22 +291,25 @@ class Trainer:
             for step in range(start_step, cfg.steps):
                 loss = self._step(step, position)
                 completed = step + 1
-                position += cfg.batch_size * cfg.grad_accum
+                position += cfg.batch_size * cfg.grad_accum * self.dp_size
                 losses[step] = loss
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if tracker:
                     tracker.metrics({"loss": loss, "lr": self.scheduler.get_last_lr()[0]}, step)
-                if (step + 1) % cfg.log_every == 0:
+                if self.is_main and (step + 1) % cfg.log_every == 0:
                     bar.write(f"{cfg.stage} step {step + 1}/{cfg.steps} loss {loss:.4f}")
                 last = step + 1 == cfg.steps
-                if self.stop_requested or last or (step + 1) % cfg.ckpt_every == 0:
+                if cfg.stop_at is not None and step + 1 >= cfg.stop_at:
+                    self.stop_requested = True
+                stop = self._stop_agreed()
+                if stop or last or (step + 1) % cfg.ckpt_every == 0:
                     path = checkpoint.save(
-                        ckpt_dir, step + 1, self.model, self.optimizer, self.scheduler, position
+                        ckpt_dir, step + 1, self.model, self.optimizer, self.scheduler, position, self.ema
                     )
                     if tracker:
-                        tracker.tag("checkpoint", str(path.resolve()))
-                if self.stop_requested and not last:
+                        tracker.tag("checkpoint", path if storage.is_url(path) else str(Path(path).resolve()))
+                if stop and not last:
                     status = "preempted"
                     break
             bar.close()
@@ -175,27 +327,59 @@ class Trainer:
         return TrainResult(status, completed, losses, str(model_dir) if model_dir else None, run_id, seconds)
 
     def _step(self, step: int, position: int) -> float:
+        """One optimizer step from global data `position`; returns the loss (mean over data parallel)."""
+        cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for micro in range(self.cfg.grad_accum):
-            loss = self.micro_loss(step, micro, position + micro * self.cfg.batch_size) / self.cfg.grad_accum
-            loss.backward()
+        for micro in range(cfg.grad_accum):
+            first = position + (micro * self.dp_size + self.dp_rank) * cfg.batch_size
+            with self._no_sync(last=micro == cfg.grad_accum - 1):
+                loss = self.micro_loss(step, micro, first) / cfg.grad_accum
+                loss.backward()
             total += float(loss.detach())
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if getattr(self.model, "tensor_parallel", None) is not None:
+            clip_grad_norm_tensor_parallel(self.model, cfg.grad_clip)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
             with torch.no_grad():
-                for e, p in zip(self.ema.parameters(), self.pair.dit.parameters(), strict=True):
-                    e.lerp_(p, 1 - self.cfg.ema)
-        return total
+                for name, p in self.model.named_parameters():
+                    self.ema[name].lerp_(p, 1 - cfg.ema)
+        return self._mean_over_data_parallel(total)
+
+    def _no_sync(self, last: bool):
+        """DDP all-reduces gradients once per step: on the last micro-batch of the accumulation."""
+        if last or not isinstance(self.loss_module, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.loss_module.no_sync()
 
     def _export(self, path: Path) -> Path:
-        """The trained pair in `from_pretrained` format (the EMA DiT when one is kept)."""
+        """The trained pair in `from_pretrained` format (the EMA DiT when one is kept), written by rank 0.
+        Tensor-parallel weights are gathered (every rank takes part) into a dense copy of the model."""
         if self.ema is not None:
-            self.pair.dit.load_state_dict(self.ema.state_dict())
-        self.pair.eval().save_pretrained(path)
+            with torch.no_grad():
+                for name, p in self.model.named_parameters():
+                    p.copy_(self.ema[name])
+        if getattr(self.model, "tensor_parallel", None) is None:
+            if self.is_main:
+                self.pair.eval().save_pretrained(path)
+            return path
+        full = gather_full_state_dict(self.model)
+        if self.is_main:
+            self._dense_pair(full).eval().save_pretrained(path)
         return path
+
+    def _dense_pair(self, state_dict: dict[str, torch.Tensor]) -> DuoGenPair:
+        """The pair with the trained part rebuilt dense from its gathered state dict (its config is dense)."""
+        dense = type(self.model)(self.model.config)
+        dense.load_state_dict(state_dict)
+        pair = self.pair
+        if self.cfg.stage == "stage2":
+            return DuoGenPair(pair.config, pair.mllm, dense, pair.vae)
+        mllm = DuoGenMLLM(pair.mllm.cfg, dense, pair.mllm.tokenizer, pair.mllm.image_processor)
+        return DuoGenPair(pair.config, mllm, pair.dit, pair.vae)
 
     def _tracker(self, resumed: bool):
         from duogen.platform.tracking import Tracker, default_artifacts, default_uri
@@ -210,4 +394,5 @@ class Trainer:
         tracker.params(cfg.to_dict())
         tracker.config(cfg.to_dict())
         tracker.params({"samples": len(self.samples), **dict(Counter(s.source for s, _ in self.samples))})
+        tracker.params({"world_size": self.parallel.world_size if self.parallel else 1, "dp": self.dp_size})
         return tracker

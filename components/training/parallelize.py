@@ -585,12 +585,16 @@ def replicate_check(model: nn.Module, group: dist.ProcessGroup | None = None, at
 
 
 # --- data parallelism --------------------------------------------------------------------------------------
-def wrap_data_parallel(model: nn.Module, dp_group: dist.ProcessGroup | None = None) -> nn.Module:
+def wrap_data_parallel(
+    model: nn.Module, dp_group: dist.ProcessGroup | None = None, *, find_unused_parameters: bool = False
+) -> nn.Module:
     """Plain torch DDP over the data-parallel group (default: megatron-core's, from `init_distributed`).
 
     Each tensor-parallel shard all-reduces its gradients with the same shard on the other data-parallel
     replicas (megatron's DP group holds exactly those ranks). With one data-parallel rank the model is
-    returned as is. `gather_full_state_dict` / `load_full_state_dict` accept the wrapped model."""
+    returned as is. `gather_full_state_dict` / `load_full_state_dict` accept the wrapped model.
+    `find_unused_parameters` is for models where a batch may leave parts without gradients (Stage 1: a
+    text-only micro-batch never reaches the vision tower)."""
     if dp_group is None:
         dp_group = _megatron()[0].get_data_parallel_group()
     if dist.get_world_size(dp_group) == 1:
@@ -601,4 +605,5 @@ def wrap_data_parallel(model: nn.Module, dp_group: dist.ProcessGroup | None = No
         process_group=dp_group,
         device_ids=[device.index] if device.type == "cuda" else None,
         broadcast_buffers=False,
+        find_unused_parameters=find_unused_parameters,
     )
