@@ -86,8 +86,6 @@ class DiTConfig:
     max_size: tuple[int, int, int] = (128, 240, 240)
     patch_size: tuple[int, int, int] = (1, 2, 2)
     rope_scale: tuple[float, float, float] = (1.0, 3.0, 3.0)
-    # None (Predict-2.5) or "learnable" (Cosmos-1's absolute t/h/w embeddings, added before every block).
-    extra_pos_embed_type: str | None = None
     concat_padding_mask: bool = True
     use_crossattn_projection: bool = True
     crossattn_proj_in_channels: int = 100352
@@ -100,7 +98,9 @@ class DiTConfig:
 
     def diffusers_kwargs(self) -> dict[str, Any]:
         """The keyword arguments diffusers' `CosmosTransformer3DModel` takes for the same network."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "max_frames"}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "max_frames"}
+        out["extra_pos_embed_type"] = None
+        return out
 
 
 @dataclass

@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import DiTConfig
 from .connector import Connector
-from .errors import CheckpointMismatchError, DuoGenInputError
+from .errors import CheckpointMismatchError
 from .packing import Pack
 from .rope import CosmosRope3D, apply_rope
 
@@ -156,8 +156,6 @@ class DiTBlock(nn.Module):
         self.ff = FeedForward(d, cfg.mlp_ratio)
 
     def forward(self, x: torch.Tensor, ctx: _Context) -> torch.Tensor:
-        if ctx.pos is not None:
-            x = x + ctx.pos
         shift, scale, gate = ctx.per_token(self.norm1(ctx.embedded, ctx.temb)).chunk(3, dim=-1)
         h = modulate(x, shift, scale)
         q, k, v = self.attn1.project(h, h)
@@ -173,30 +171,10 @@ class DiTBlock(nn.Module):
         return x + gate * self.ff(modulate(x, shift, scale))
 
 
-class LearnablePositionalEmbed(nn.Module):
-    """diffusers' `CosmosLearnablePositionalEmbed` for explicit (t, h, w) ids: the sum of one learned vector
-    per axis, scaled to unit RMS per token. Initialised small instead of zero: at zero the scaling divides
-    by eps and the first gradients are ~1e6."""
-
-    def __init__(self, hidden: int, max_size: tuple[int, int, int], patch: tuple[int, int, int]) -> None:
-        super().__init__()
-        sizes = [m // p for m, p in zip(max_size, patch, strict=True)]
-        self.pos_emb_t = nn.Parameter(torch.randn(sizes[0], hidden) * 0.02)
-        self.pos_emb_h = nn.Parameter(torch.randn(sizes[1], hidden) * 0.02)
-        self.pos_emb_w = nn.Parameter(torch.randn(sizes[2], hidden) * 0.02)
-        self.eps = 1e-6
-
-    def forward(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        emb = self.pos_emb_t[ids[:, 0]] + self.pos_emb_h[ids[:, 1]] + self.pos_emb_w[ids[:, 2]]
-        norm = torch.linalg.vector_norm(emb, dim=-1, keepdim=True, dtype=torch.float32)
-        norm = torch.add(self.eps, norm, alpha=emb.shape[-1] ** -0.5)
-        return (emb / norm).to(dtype)
-
-
 class _Context:
     """What every block needs about the pack: token->frame broadcast and sample-restricted attention."""
 
-    def __init__(self, pack: Pack, temb, embedded, text, cos, sin, pos=None) -> None:
+    def __init__(self, pack: Pack, temb, embedded, text, cos, sin) -> None:
         self.pack, self.temb, self.embedded, self.text, self.cos, self.sin = (
             pack,
             temb,
@@ -205,7 +183,6 @@ class _Context:
             cos,
             sin,
         )
-        self.pos = pos  # [N, D] learnable absolute position embedding, or None
         counts = pack.frame_token_counts()
         self._same_frame_size = len(set(counts)) == 1
         self._frame_tokens = counts[0]
@@ -261,15 +238,6 @@ class DuoGenDiT(nn.Module):
                 cfg.crossattn_proj_in_channels, cfg.encoder_hidden_states_channels
             )
         self.rope = CosmosRope3D(cfg.attention_head_dim, cfg.rope_scale)
-        if cfg.extra_pos_embed_type not in (None, "learnable"):
-            raise DuoGenInputError(
-                f"extra_pos_embed_type must be None or 'learnable', not {cfg.extra_pos_embed_type!r}"
-            )
-        self.learnable_pos_embed = (
-            LearnablePositionalEmbed(d, cfg.max_size, cfg.patch_size)
-            if cfg.extra_pos_embed_type == "learnable"
-            else None
-        )
         self.gradient_checkpointing = False
 
     @property
@@ -285,8 +253,7 @@ class DuoGenDiT(nn.Module):
         if self.config.use_crossattn_projection:
             text = self.crossattn_proj(text)
         cos, sin = self.rope(pack.rope_ids)
-        pos = None if self.learnable_pos_embed is None else self.learnable_pos_embed(pack.rope_ids, dtype)
-        ctx = _Context(pack, temb, embedded, text, cos, sin, pos)
+        ctx = _Context(pack, temb, embedded, text, cos, sin)
         for block in self.transformer_blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(block, x, ctx, use_reentrant=False)
