@@ -78,10 +78,13 @@ def toy() -> DuoGenConfig:
     dit = DiTConfig(
         in_channels=49,
         out_channels=48,
-        # 8 x 32 = 256 wide: a patch token carries 2x2x48 = 192 latent values, so a narrower DiT is a
-        # bottleneck (at 128 wide the flow loss fell half as fast per step on toy-world edits).
-        num_attention_heads=8,
-        attention_head_dim=32,
+        # 256 wide: a patch token carries 2x2x48 = 192 latent values, so a narrower DiT is a bottleneck (at
+        # 128 wide the flow loss fell half as fast per step on toy-world edits). 4 heads of 64, not 8 of 32:
+        # q/k are RMS-normed, so a head's attention logits are bounded by sqrt(head_dim), and copying a
+        # condition frame needs sharp attention to one position (x0 error at sigma 1 after 400 steps:
+        # 0.196 vs 0.222).
+        num_attention_heads=4,
+        attention_head_dim=64,
         num_layers=4,
         text_embed_dim=128,
         adaln_lora_dim=32,

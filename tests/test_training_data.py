@@ -44,7 +44,11 @@ def test_stage2_example_targets_an_assistant_image(pair, samples):
     assert ex is not None and ex.target == len(ex.latents) - 1 >= 1  # at least the user's image before it
     assert ex.text.shape[1] == pair.config.connector.in_channels
     dropped = stage2_example(pair, sample, images, random.Random(0), text_dropout=1.0)
-    assert dropped.text.abs().sum() == 0 and dropped.text.shape[0] == 1
+    # dropout gives generation's CFG negative: the history without the step's own text chunk
+    enc = pair.mllm.encode(to_conversation(sample, images))
+    streams = [pair.text_streams(enc, b) for b in enc.bov_positions]
+    assert any(torch.equal(negative, dropped.text) for _, negative in streams)
+    assert not any(torch.equal(full, dropped.text) for full, _ in streams)
     loss = flow_matching_loss(pair.dit, [ex, dropped], pair.config.flow, torch.Generator().manual_seed(0))
     assert torch.isfinite(loss)
 

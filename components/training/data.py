@@ -3,8 +3,9 @@
 Stage 1 tunes the MLLM: a sample becomes the chat-format token sequence with labels (user turns and vision
 tokens masked, `<BOV>` in the loss). Stage 2 trains connector + DiT with the MLLM frozen: one random target
 image per sequence, the earlier images as condition latents, and the hidden states of every MLLM layer for
-the tokens before the target's `<BOV>` as the text stream (dropped to the empty stream with probability
-`text_dropout`, for CFG).
+the tokens before the target's `<BOV>` as the text stream. With probability `text_dropout` the stream is
+replaced by the CFG negative generation uses (the same stream without its last text chunk), so the
+unconditional branch of CFG is a distribution the DiT has seen, not an empty stream it never met at inference.
 """
 
 from __future__ import annotations
@@ -71,8 +72,7 @@ def stage2_example(
     keep = pair.config.dit.max_frames
     first = max(0, target - (keep - 1))
     latents = [pair.vae.encode_image(im, pair.pixel_multiple) for im in all_images[first : target + 1]]
+    text, negative = pair.text_streams(enc, bov)
     if rng.random() < text_dropout:
-        text = torch.zeros(1, pair.config.connector.in_channels)
-    else:
-        text = pair.text_streams(enc, bov)[0]
+        text = negative
     return TrainingExample(latents=latents, target=len(latents) - 1, text=text)
