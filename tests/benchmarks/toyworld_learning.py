@@ -22,7 +22,8 @@ Metrics (all measured in this run):
 - `consistency`: on the same pictures, `scene_consistency`: the fraction of shapes the step's action does
   not touch that keep kind, colour, size and place (mean over steps).
 - `tp2_vs_tp1_max_loss_diff`: `tests/tp_worker.py` under torchrun with 2 processes (gloo): the largest
-  difference between the TP=2 and the dense losses over its 3 AdamW steps.
+  difference between the TP=2 and the dense losses over its 3 AdamW steps, for the DiT (Stage 2) and the
+  MLLM (Stage 1).
 """
 
 from __future__ import annotations
@@ -207,7 +208,8 @@ def tp_max_loss_diff() -> float:
         if proc.returncode != 0:
             raise SystemExit(f"tp_worker failed:\n{proc.stderr[-3000:]}")
         result = json.loads(out.read_text())
-    return max(abs(a - b) for a, b in zip(result["tp_losses"], result["dense_losses"], strict=True))
+    pairs = [("tp_losses", "dense_losses"), ("mllm_tp_losses", "mllm_dense_losses")]  # Stage 2, Stage 1
+    return max(abs(a - b) for tp, dense in pairs for a, b in zip(result[tp], result[dense], strict=True))
 
 
 # ------------------------------------------------------------------------------------------------- main
