@@ -9,11 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from duogen.components.curation.executor import plan, run_stage
 from duogen.components.curation.synthetic import plan_instructions, synthetic_stage
 from duogen.components.training.config import TrainConfig, load_config
+from duogen.components.training.data import example_tokens, pack_by_token_budget
 from duogen.components.training.loop import Trainer
+from duogen.model.flow import TrainingExample
 
 DUOGEN = str(Path(sys.executable).parent / "duogen")
 
@@ -130,3 +133,30 @@ def test_cli_sigterm_checkpoints_then_a_rerun_finishes(shards, tmp_path):
     )
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout.strip().splitlines()[-1])["step"] == summary["step"] + 2
+
+
+def test_stage2_token_budget_packs_the_step_and_keeps_every_example(shards, tmp_path):
+    """A step's examples go into as many packs as the token budget needs; none is dropped, the loss is the
+    same mean over examples (so one big pack and budget packs train the same data)."""
+    cfg = _cfg(shards, tmp_path / "budget", stage="stage2", batch_size=3, grad_accum=2, token_budget=100)
+    trainer = Trainer(cfg, progress=False)
+    patch = trainer.pair.config.dit.patch_size
+    batches = trainer.micro_batches(0)
+    sizes = [[example_tokens(ex, patch) for ex in b] for b in batches]
+    assert sum(len(b) for b in batches) == 6 and len(batches) > 2
+    assert all(sum(s) <= 100 or len(s) == 1 for s in sizes)
+    plain_cfg = _cfg(shards, tmp_path / "plain", stage="stage2", batch_size=3, grad_accum=2)
+    plain = Trainer(plain_cfg, progress=False)
+    assert [len(b) for b in plain.micro_batches(0)] == [3, 3]
+    result = trainer.train()
+    assert result.status == "finished" and all(v == v for v in result.losses.values())
+
+
+def test_pack_by_token_budget_keeps_order_and_isolates_oversized_examples():
+    def ex(*sides):
+        return TrainingExample([torch.zeros(4, s, s) for s in sides], len(sides) - 1, torch.zeros(1, 8))
+
+    examples = [ex(4), ex(4, 4), ex(16), ex(4)]  # 4, 8, 64, 4 tokens with 2x2 patches
+    packs = pack_by_token_budget(examples, 12, (1, 2, 2))
+    assert [[example_tokens(e, (1, 2, 2)) for e in p] for p in packs] == [[4, 8], [64], [4]]
+    assert [e for p in packs for e in p] == examples

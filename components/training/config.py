@@ -20,6 +20,9 @@ class TrainConfig:
     steps: int = 100
     batch_size: int = 4  # examples per micro-batch
     grad_accum: int = 1
+    # stage 2: DiT tokens (all frames, condition + target) per pack; a step's batch_size * grad_accum examples
+    # are packed in order into as many forward/backward passes as the budget needs (None: grad_accum packs)
+    token_budget: int | None = None
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 10
@@ -44,6 +47,8 @@ class TrainConfig:
             raise ValueError(f"stage must be 'stage1' or 'stage2', got {self.stage!r}")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("steps, batch_size and grad_accum must be at least 1")
+        if self.token_budget is not None and self.token_budget < 1:
+            raise ValueError(f"token_budget must be at least 1 token, got {self.token_budget}")
         if self.tp < 1:
             raise ValueError(f"tp (tensor-parallel size) must be at least 1, got {self.tp}")
         if self.fp8 is not None:

@@ -76,3 +76,26 @@ def stage2_example(
     if rng.random() < text_dropout:
         text = negative
     return TrainingExample(latents=latents, target=len(latents) - 1, text=text)
+
+
+def example_tokens(example: TrainingExample, patch: tuple[int, int, int]) -> int:
+    """DiT tokens of a Stage-2 example: every frame (condition and target) patchified."""
+    return sum((lat.shape[-2] // patch[1]) * (lat.shape[-1] // patch[2]) for lat in example.latents)
+
+
+def pack_by_token_budget(
+    examples: list[TrainingExample], budget: int, patch: tuple[int, int, int]
+) -> list[list[TrainingExample]]:
+    """Consecutive examples grouped into packs of at most `budget` DiT tokens, in order. An example larger
+    than the budget on its own is a pack by itself (trained, not dropped: the budget bounds memory, and one
+    oversized sample must not stop a run)."""
+    packs: list[list[TrainingExample]] = []
+    used = 0
+    for ex in examples:
+        tokens = example_tokens(ex, patch)
+        if not packs or used + tokens > budget:
+            packs.append([])
+            used = 0
+        packs[-1].append(ex)
+        used += tokens
+    return packs

@@ -41,7 +41,7 @@ from duogen.platform import storage
 
 from . import checkpoint
 from .config import TrainConfig
-from .data import iter_samples, stage1_example, stage2_example
+from .data import iter_samples, pack_by_token_budget, stage1_example, stage2_example
 from .parallelize import (
     ParallelState,
     fp8_autocast,
@@ -255,9 +255,23 @@ class Trainer:
             return stage1_example(self.pair, sample, images)
         return stage2_example(self.pair, sample, images, rng, self.cfg.text_dropout)
 
-    def micro_loss(self, step: int, micro: int, position: int) -> torch.Tensor:
-        """The loss of the micro-batch starting at global data `position`."""
-        examples = [self.example_at(position + i) for i in range(self.cfg.batch_size)]
+    def micro_batches(self, position: int) -> list[list]:
+        """This rank's examples of the step starting at global data `position`, split into the micro-batches
+        that each get one forward/backward: `grad_accum` groups of `batch_size`, or (Stage 2 with
+        `token_budget`) packs of at most that many DiT tokens."""
+        cfg = self.cfg
+        groups = [
+            [self.example_at(position + (micro * self.dp_size + self.dp_rank) * cfg.batch_size + i)
+             for i in range(cfg.batch_size)]
+            for micro in range(cfg.grad_accum)
+        ]  # fmt: skip
+        if cfg.stage == "stage1" or cfg.token_budget is None:
+            return groups
+        examples = [ex for group in groups for ex in group]
+        return pack_by_token_budget(examples, cfg.token_budget, self.pair.config.dit.patch_size)
+
+    def micro_loss(self, step: int, micro: int, examples: list) -> torch.Tensor:
+        """The mean loss of one micro-batch."""
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.cuda.is_available())
         with autocast, fp8_autocast(self.model):
             if self.cfg.stage == "stage1":
@@ -331,10 +345,11 @@ class Trainer:
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for micro in range(cfg.grad_accum):
-            first = position + (micro * self.dp_size + self.dp_rank) * cfg.batch_size
-            with self._no_sync(last=micro == cfg.grad_accum - 1):
-                loss = self.micro_loss(step, micro, first) / cfg.grad_accum
+        batches = self.micro_batches(position)
+        count = sum(len(b) for b in batches)
+        for micro, examples in enumerate(batches):
+            with self._no_sync(last=micro == len(batches) - 1):  # one gradient all-reduce per step
+                loss = self.micro_loss(step, micro, examples) * (len(examples) / count)
                 loss.backward()
             total += float(loss.detach())
         if getattr(self.model, "tensor_parallel", None) is not None:
