@@ -21,7 +21,7 @@ from duogen.components.toyworld import random_task, render
 from duogen.components.toyworld.pages import make_site
 from duogen.components.toyworld.videos import make_videos
 from duogen.components.training.config import TrainConfig
-from duogen.components.training.loop import Trainer
+from duogen.components.training.run import train
 
 
 @dataclass
@@ -42,7 +42,8 @@ class LocalRunConfig:
     stage2_mix: dict[str, float] = field(
         default_factory=lambda: {"synthetic": 0.75, "web": 0.2, "video": 0.05}
     )
-    processes: int = 2
+    processes: int = 2  # data-engine worker processes
+    train_processes: int = 2  # data-parallel training ranks (torchrun on 127.0.0.1); 1 trains in-process
     seed: int = 0
 
 
@@ -79,7 +80,7 @@ def run_local(cfg: LocalRunConfig, log=print) -> dict:
     }
     done("curation")
     common = {"batch_size": cfg.batch_size, "seed": cfg.seed, "log_every": 20, "ckpt_every": 50}
-    stage1 = Trainer(
+    stage1 = train(
         TrainConfig(
             stage="stage1",
             model=cfg.preset,
@@ -90,9 +91,10 @@ def run_local(cfg: LocalRunConfig, log=print) -> dict:
             warmup_steps=5,
             **common,
         ),
-    ).train()
+        cfg.train_processes,
+    )
     done("stage1")
-    stage2 = Trainer(
+    stage2 = train(
         TrainConfig(
             stage="stage2",
             model=stage1.model_dir,
@@ -105,7 +107,8 @@ def run_local(cfg: LocalRunConfig, log=print) -> dict:
             mix=cfg.stage2_mix,
             **common,
         ),
-    ).train()
+        cfg.train_processes,
+    )
     done("stage2")
     page = answer_page(stage2.model_dir, out / "answer.html", cfg.seed)
     done("generate")

@@ -75,6 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         stage1_steps=args.stage1_steps,
         stage2_steps=args.stage2_steps,
         processes=args.processes,
+        train_processes=args.train_processes,
         seed=args.seed,
     )
     print(json.dumps(run_local(cfg)))
@@ -94,6 +95,12 @@ def add_train(sub) -> None:
     run.add_argument("--stage1-steps", type=int, default=150, help="Stage-1 steps (default: 150)")
     run.add_argument("--stage2-steps", type=int, default=300, help="Stage-2 steps (default: 300)")
     run.add_argument("--processes", type=int, default=2, help="data-engine worker processes (default: 2)")
+    run.add_argument(
+        "--train-processes",
+        type=int,
+        default=2,
+        help="data-parallel training processes, torchrun on 127.0.0.1 (default: 2; 1 trains in-process)",
+    )
     run.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     run.set_defaults(func=cmd_run)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from duogen.components.training import fp8
 from duogen.components.training import parallelize as par
 from duogen.model.dit import DuoGenDiT
 from duogen.model.mllm import DuoGenMLLM
@@ -132,14 +133,14 @@ def test_tp2_without_distributed_says_what_to_do(dit):
 
 
 def test_fp8_without_transformer_engine(dit):
-    assert not par.te_available()  # CPU machine: TE is GPU-image-only
+    assert not fp8.te_available()  # CPU machine: TE is GPU-image-only
     with pytest.raises(ValueError, match="unknown FP8 recipe"):
-        par.fp8_recipe("fp4")
+        fp8.fp8_recipe("fp4")
     with pytest.raises(RuntimeError, match="Transformer Engine"):
-        par.fp8_recipe("delayed")
+        fp8.fp8_recipe("delayed")
     with pytest.warns(UserWarning, match="FP8 recipe 'delayed' ignored"):
         par.parallelize_dit(dit, 1, fp8="delayed")
-    with par.fp8_autocast(dit):  # a no-op context without TE layers
+    with fp8.fp8_autocast(dit):  # a no-op context without TE layers
         pass
 
 

@@ -52,7 +52,7 @@ class TrainConfig:
         if self.tp < 1:
             raise ValueError(f"tp (tensor-parallel size) must be at least 1, got {self.tp}")
         if self.fp8 is not None:
-            from .parallelize import FP8_RECIPES
+            from .fp8 import FP8_RECIPES
 
             if self.fp8 not in FP8_RECIPES:
                 raise ValueError(f"unknown fp8 recipe {self.fp8!r}; choose one of {', '.join(FP8_RECIPES)}")

@@ -42,9 +42,9 @@ from duogen.platform import storage
 from . import checkpoint
 from .config import TrainConfig
 from .data import iter_samples, pack_by_token_budget, stage1_example, stage2_example
+from .fp8 import fp8_autocast
 from .parallelize import (
     ParallelState,
-    fp8_autocast,
     gather_full_state_dict,
     init_distributed,
     parallelize_dit,
