@@ -43,14 +43,18 @@ def torchrun(
     nproc: int = 2,
     timeout: float | None = None,
     cwd: str | None = None,
-    capture: bool = True,
+    capture: bool | str = True,
 ) -> subprocess.CompletedProcess:
-    """Run `torchrun_command(argv, nproc)`. `capture=True` collects the output (tests); `capture=False`
-    streams it to this process's terminal (the CLI) and forwards SIGTERM to torchrun, which passes it on
-    to the workers (they checkpoint and stop)."""
+    """Run `torchrun_command(argv, nproc)`. `capture=True` collects the output (tests); `"stdout"` collects
+    stdout (a result line) while stderr (progress bars, logs) streams to this terminal; `capture=False`
+    streams both (the CLI) and forwards SIGTERM to torchrun, which passes it on to the workers (they
+    checkpoint and stop)."""
     cmd = torchrun_command(argv, nproc)
     if capture:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=cwd)
+        stderr = None if capture == "stdout" else subprocess.PIPE
+        return subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=timeout, env=_env(), cwd=cwd
+        )
     proc = subprocess.Popen(cmd, env=_env(), cwd=cwd)
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
     try:

@@ -27,10 +27,11 @@ def train(cfg: TrainConfig, nproc: int = 1, progress: bool = True) -> TrainResul
     out.mkdir(parents=True, exist_ok=True)
     config = out / "train_config.json"
     config.write_text(json.dumps(cfg.to_dict(), indent=2))
-    argv = ["-m", "duogen.platform.cli", "train", cfg.stage, "--config", str(config), "--quiet"]
-    proc = torchrun(argv, nproc)
+    argv = ["-m", "duogen.platform.cli", "train", cfg.stage, "--config", str(config)]
+    argv += [] if progress else ["--quiet"]
+    proc = torchrun(argv, nproc, capture="stdout")  # rank 0's progress bar and log lines stream through
     if proc.returncode != 0:
-        raise RuntimeError(f"{cfg.stage} on {nproc} processes failed:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"{cfg.stage} on {nproc} processes failed (exit {proc.returncode}; see above)")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"{cfg.stage} on {nproc} processes printed no summary:\n{proc.stdout[-2000:]}")
