@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from duogen.platform.cli_train import train_argv
 from duogen.platform.launch import torchrun
 
 from .config import TrainConfig
@@ -27,8 +28,7 @@ def train(cfg: TrainConfig, nproc: int = 1, progress: bool = True) -> TrainResul
     out.mkdir(parents=True, exist_ok=True)
     config = out / "train_config.json"
     config.write_text(json.dumps(cfg.to_dict(), indent=2))
-    argv = ["-m", "duogen.platform.cli", "train", cfg.stage, "--config", str(config)]
-    argv += [] if progress else ["--quiet"]
+    argv = train_argv(cfg.stage, str(config), quiet=not progress)
     proc = torchrun(argv, nproc, capture="stdout")  # rank 0's progress bar and log lines stream through
     if proc.returncode != 0:
         raise RuntimeError(f"{cfg.stage} on {nproc} processes failed (exit {proc.returncode}; see above)")
