@@ -1,8 +1,10 @@
 """Flow matching for the packed DiT: the Stage-2 loss and the sampler (Euler / UniPC via diffusers).
 
-x_sigma = (1 - sigma) x0 + sigma noise; the DiT predicts the velocity noise - x0. Condition frames (earlier
-images) stay clean with sigma ~ 0 and carry no loss; one target frame per sample is noised. CFG is
-`cond + g (cond - uncond)` where the negative keeps the visual conditions and drops the last text chunk.
+x_sigma = (1 - sigma) x0 + sigma source (noise, or the previous picture plus noise: `FlowConfig.source`); the
+velocity is source - x0, which the DiT predicts directly or through an x0 / residual prediction
+(`FlowConfig.prediction`, `to_velocity`). Condition frames (earlier images) stay clean with sigma ~ 0 and
+carry no loss; one target frame per sample is noised. CFG is `cond + g (cond - uncond)` on velocities, where
+the negative keeps the visual conditions and drops the last text chunk.
 """
 
 from __future__ import annotations
@@ -48,6 +50,37 @@ def drop_last_text_chunk(text: torch.Tensor, last_chunk: torch.Tensor) -> torch.
     return kept if kept.shape[0] else text.new_zeros(1, text.shape[1])
 
 
+def to_velocity(
+    output: torch.Tensor,
+    noisy: torch.Tensor,
+    sigma,
+    cfg: FlowConfig,
+    base: torch.Tensor | None = None,
+    min_sigma: float = 1e-6,
+) -> torch.Tensor:
+    """The velocity the DiT's `output` stands for at noise level `sigma` (see `FlowConfig.prediction`);
+    `base` is the previous picture's latent (a "residual" prediction adds it when the sizes match)."""
+    if cfg.prediction == "velocity":
+        return output
+    if cfg.prediction not in ("sample", "residual"):
+        raise DuoGenInputError(
+            f"unknown prediction {cfg.prediction!r}; use 'velocity', 'sample' or 'residual'"
+        )
+    if cfg.prediction == "residual" and base is not None and base.shape == output.shape:
+        output = output + base
+    return (noisy - output) / max(float(sigma), min_sigma)
+
+
+def source_of(noise: torch.Tensor, base: torch.Tensor | None, cfg: FlowConfig) -> torch.Tensor:
+    """Where the flow starts (sigma = 1): noise, or (`source="previous"`) the previous picture plus
+    `source_noise` times noise when there is a previous picture of the same size."""
+    if cfg.source not in ("noise", "previous"):
+        raise DuoGenInputError(f"unknown flow source {cfg.source!r}; use 'noise' or 'previous'")
+    if cfg.source == "previous" and base is not None and base.shape == noise.shape:
+        return base + cfg.source_noise * noise
+    return noise
+
+
 def flow_matching_loss(
     dit: torch.nn.Module,
     examples: list[TrainingExample],
@@ -57,20 +90,26 @@ def flow_matching_loss(
 ) -> torch.Tensor:
     """Mean squared velocity error over the target frames of a pack of examples."""
     sigmas = sample_training_sigmas(len(examples), cfg, generator)
-    samples, texts, targets = [], [], []
+    samples, texts, targets, noisy = [], [], [], []
     for ex, sigma in zip(examples, sigmas, strict=True):
         if not 0 <= ex.target < len(ex.latents):
             raise DuoGenInputError(f"target index {ex.target} outside the example's {len(ex.latents)} images")
         x0 = ex.latents[ex.target]
-        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        base = ex.latents[ex.target - 1] if ex.target else None
+        source = source_of(torch.randn(x0.shape, generator=generator).to(x0), base, cfg)
         frames = [Frame(c, cfg.condition_sigma, True) for c in ex.latents[: ex.target]]
-        frames.append(Frame((1 - sigma) * x0 + sigma * noise, sigma, False))
+        noisy.append((1 - sigma) * x0 + sigma * source)
+        frames.append(Frame(noisy[-1], sigma, False))
         samples.append(frames)
         texts.append(ex.text)
-        targets.append(noise - x0)
+        targets.append(source - x0)
     pack = pack_samples(samples, texts, dit.config.patch_size, max_frames=max_frames or dit.config.max_frames)
     pred = unpack(dit(pack), pack, dit.config.out_channels)
-    losses = [((p[-1].float() - t.float()) ** 2).mean() for p, t in zip(pred, targets, strict=True)]
+    losses = []
+    for p, x, s, t, ex in zip(pred, noisy, sigmas, targets, examples, strict=True):
+        base = ex.latents[ex.target - 1] if ex.target else None
+        velocity = to_velocity(p[-1], x, s, cfg, base, min_sigma=cfg.min_sigma)
+        losses.append(((velocity.float() - t.float()) ** 2).mean())
     return torch.stack(losses).mean()
 
 
@@ -104,6 +143,8 @@ def sample_latent(
     scheduler.set_timesteps(cfg.num_inference_steps)
     device = text.device
     x = torch.randn((channels, *latent_hw), generator=generator).to(device=device, dtype=text.dtype)
+    base = conditions[-1] if conditions else None
+    x = source_of(x, base, cfg)
     cond_frames = [Frame(c, cfg.condition_sigma, True) for c in conditions]
     lo, hi = cfg.cfg_interval
     for i, t in enumerate(scheduler.timesteps):
@@ -113,8 +154,9 @@ def sample_latent(
         samples, texts = ([frames, frames], [text, negative]) if guided else ([frames], [text])
         pack = pack_samples(samples, texts, dit.config.patch_size, max_frames=dit.config.max_frames)
         out = unpack(dit(pack), pack, channels)
-        velocity = out[0][-1]
+        velocity = to_velocity(out[0][-1], x, sigma, cfg, base)
         if guided:
-            velocity = velocity + cfg.guidance_scale * (velocity - out[1][-1])
+            negative_velocity = to_velocity(out[1][-1], x, sigma, cfg, base)
+            velocity = velocity + cfg.guidance_scale * (velocity - negative_velocity)
         x = scheduler.step(velocity[None], t, x[None]).prev_sample[0]
     return x

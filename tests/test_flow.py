@@ -13,6 +13,8 @@ from duogen.model.flow import (
     flow_matching_loss,
     sample_latent,
     sample_training_sigmas,
+    source_of,
+    to_velocity,
 )
 from duogen.model.presets import tiny
 
@@ -118,3 +120,78 @@ def test_unknown_sampler_is_refused(setup):
     with pytest.raises(DuoGenInputError, match="unknown sampler"):
         flow = dataclasses.replace(cfg.flow, sampler="ddim")
         sample_latent(dit, [], (4, 4), torch.randn(2, cfg.dit.crossattn_proj_in_channels), None, flow)
+
+
+
+@pytest.mark.parametrize("prediction", ["velocity", "sample", "residual"])
+def test_each_prediction_maps_its_right_output_to_the_true_velocity(setup, prediction):
+    cfg, _ = setup
+    flow = dataclasses.replace(cfg.flow, prediction=prediction)
+    x0, noise, base = torch.randn(3, 16, 6, 10).unbind(0)
+    sigma = 0.7
+    noisy = (1 - sigma) * x0 + sigma * noise
+    right = {"velocity": noise - x0, "sample": x0, "residual": x0 - base}[prediction]
+    torch.testing.assert_close(to_velocity(right, noisy, sigma, flow, base), noise - x0)
+    if prediction == "residual":  # a predecessor of another size is no base: plain x0-prediction
+        torch.testing.assert_close(to_velocity(x0, noisy, sigma, flow, base[:, :4]), noise - x0)
+        torch.testing.assert_close(to_velocity(x0, noisy, sigma, flow, None), noise - x0)
+
+
+def test_x0_predictions_divide_by_at_least_min_sigma(setup):
+    cfg, _ = setup
+    flow = dataclasses.replace(cfg.flow, prediction="sample", min_sigma=0.05)
+    noisy, out = torch.ones(16, 2, 2), torch.zeros(16, 2, 2)
+    assert to_velocity(out, noisy, 0.001, flow, min_sigma=flow.min_sigma).max().item() == pytest.approx(20.0)
+    assert to_velocity(out, noisy, 0.001, flow).max().item() == pytest.approx(1000.0)  # the sampler: exact
+    with pytest.raises(DuoGenInputError, match="unknown prediction 'eps'"):
+        to_velocity(out, noisy, 0.5, dataclasses.replace(flow, prediction="eps"))
+
+
+def test_residual_dit_that_changes_nothing_redraws_the_previous_picture(setup):
+    """Under "residual" a zero output means "keep the last picture": the sampler lands on it exactly."""
+    cfg, dit = setup
+
+    class Zero(torch.nn.Module):
+        config = dit.config
+
+        def forward(self, pack):
+            return torch.zeros_like(dit(pack))
+
+    flow = dataclasses.replace(cfg.flow, prediction="residual", sampler="euler", num_inference_steps=6)
+    width = cfg.dit.crossattn_proj_in_channels
+    first, last = torch.randn(16, 6, 10), torch.randn(16, 6, 10)
+    drawn = sample_latent(Zero(), [first, last], (6, 10), torch.randn(5, width), torch.randn(2, width), flow,
+                          torch.Generator().manual_seed(0))  # fmt: skip
+    torch.testing.assert_close(drawn, last, atol=1e-4, rtol=0)
+
+
+def test_flow_starts_from_the_previous_picture_only_when_asked_and_sizes_match(setup):
+    cfg, _ = setup
+    noise, base = torch.randn(2, 16, 6, 10).unbind(0)
+    assert torch.equal(source_of(noise, base, cfg.flow), noise)
+    bridge = dataclasses.replace(cfg.flow, source="previous", source_noise=0.5)
+    torch.testing.assert_close(source_of(noise, base, bridge), base + 0.5 * noise)
+    assert torch.equal(source_of(noise, base[:, :4], bridge), noise)  # another size: plain noise
+    assert torch.equal(source_of(noise, None, bridge), noise)  # the first picture
+    with pytest.raises(DuoGenInputError, match="unknown flow source 'image'"):
+        source_of(noise, base, dataclasses.replace(bridge, source="image"))
+
+
+def test_bridge_loss_targets_the_velocity_from_the_previous_picture(setup):
+    """With source "previous" and no source noise, a DiT that predicts "no change" (residual 0) is exact
+    for a target equal to its predecessor, and wrong for any other target."""
+    cfg, dit = setup
+
+    class Zero(torch.nn.Module):
+        config = dit.config
+
+        def forward(self, pack):
+            return torch.zeros_like(dit(pack))
+
+    flow = dataclasses.replace(cfg.flow, source="previous", source_noise=0.0, prediction="residual")
+    width = cfg.dit.crossattn_proj_in_channels
+    picture = torch.randn(16, 6, 10)
+    same = TrainingExample([picture, picture.clone()], 1, torch.randn(3, width))
+    other = TrainingExample([picture, torch.randn(16, 6, 10)], 1, torch.randn(3, width))
+    assert flow_matching_loss(Zero(), [same], flow, torch.Generator().manual_seed(0)).item() < 1e-10
+    assert flow_matching_loss(Zero(), [other], flow, torch.Generator().manual_seed(0)).item() > 0.5
