@@ -122,7 +122,6 @@ def test_unknown_sampler_is_refused(setup):
         sample_latent(dit, [], (4, 4), torch.randn(2, cfg.dit.crossattn_proj_in_channels), None, flow)
 
 
-
 @pytest.mark.parametrize("prediction", ["velocity", "sample", "residual"])
 def test_each_prediction_maps_its_right_output_to_the_true_velocity(setup, prediction):
     cfg, _ = setup
