@@ -95,7 +95,11 @@ def toy() -> DuoGenConfig:
     vae = VAEConfig(
         kind="pixel", z_dim=48, scale_factor_spatial=4, latents_mean=(0.0,) * 48, latents_std=(1.0,) * 48
     )
-    flow = FlowConfig(num_inference_steps=12, guidance_scale=2.0)
+    # Each picture is drawn from the previous one (flow source = previous latent + 0.5 noise) and the DiT
+    # predicts the change to it (x0-prediction suits pixel patches as wide as the DiT; see FlowConfig).
+    flow = FlowConfig(
+        num_inference_steps=12, guidance_scale=2.0, prediction="residual", source="previous", source_noise=0.5
+    )
     return DuoGenConfig(name="toy", mllm=mllm, connector=connector, dit=dit, vae=vae, flow=flow)
 
 
