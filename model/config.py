@@ -152,14 +152,14 @@ class FlowConfig:
     guidance_scale: float = 7.0
     cfg_interval: tuple[float, float] = (0.0, 1.0)  # sigma range where CFG applies
     sampler: str = "unipc"  # "unipc" or "euler"
-    # What the DiT's output means: "velocity" (noise - x0, Cosmos/diffusers) or "sample" (x0; the velocity
-    # is then (x_s - x0) / s). x0-prediction suits pixel-space patches whose dimension is close to the
-    # DiT's width: clean images lie on a low-dimensional manifold, noise does not (Li & He 2025, "Back to
-    # Basics: Let Denoising Generative Models Denoise"). The loss stays on the velocity either way.
+    # What the DiT's output means: "velocity" (noise - x0, Cosmos/diffusers), "sample" (x0; the velocity is
+    # then (x_s - x0) / s) or "residual" (x0 = the previous picture's latent + output: the DiT predicts the
+    # change; the first picture, or one of another size than its predecessor, falls back to "sample").
+    # x0-prediction suits pixel-space patches whose dimension is close to the DiT's width: clean images lie
+    # on a low-dimensional manifold, noise does not (Li & He 2025, "Back to Basics: Let Denoising Generative
+    # Models Denoise"). In a conversation each picture edits the one before, so under "residual" keeping
+    # every untouched shape is the default, not something learned. The loss stays on the velocity.
     prediction: str = "velocity"
-    # "residual": x0 = the previous picture's latent + output (the DiT predicts the change; a picture of
-    # another size than its predecessor, or the first one, falls back to "sample"). In a conversation each
-    # picture edits the one before, so keeping every untouched shape is the default, not something learned.
     # Where a picture's flow starts: "noise", or "previous": the previous picture's latent plus
     # `source_noise` x noise (a bridge from the last picture; the first picture, or one of another size
     # than its predecessor, starts from noise). The drawn picture then sees what it edits in its own tokens.

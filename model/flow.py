@@ -90,13 +90,13 @@ def flow_matching_loss(
 ) -> torch.Tensor:
     """Mean squared velocity error over the target frames of a pack of examples."""
     sigmas = sample_training_sigmas(len(examples), cfg, generator)
-    samples, texts, targets, noisy = [], [], [], []
+    samples, texts, targets, noisy, bases = [], [], [], [], []
     for ex, sigma in zip(examples, sigmas, strict=True):
         if not 0 <= ex.target < len(ex.latents):
             raise DuoGenInputError(f"target index {ex.target} outside the example's {len(ex.latents)} images")
         x0 = ex.latents[ex.target]
-        base = ex.latents[ex.target - 1] if ex.target else None
-        source = source_of(torch.randn(x0.shape, generator=generator).to(x0), base, cfg)
+        bases.append(ex.latents[ex.target - 1] if ex.target else None)
+        source = source_of(torch.randn(x0.shape, generator=generator).to(x0), bases[-1], cfg)
         frames = [Frame(c, cfg.condition_sigma, True) for c in ex.latents[: ex.target]]
         noisy.append((1 - sigma) * x0 + sigma * source)
         frames.append(Frame(noisy[-1], sigma, False))
@@ -106,8 +106,7 @@ def flow_matching_loss(
     pack = pack_samples(samples, texts, dit.config.patch_size, max_frames=max_frames or dit.config.max_frames)
     pred = unpack(dit(pack), pack, dit.config.out_channels)
     losses = []
-    for p, x, s, t, ex in zip(pred, noisy, sigmas, targets, examples, strict=True):
-        base = ex.latents[ex.target - 1] if ex.target else None
+    for p, x, s, t, base in zip(pred, noisy, sigmas, targets, bases, strict=True):
         velocity = to_velocity(p[-1], x, s, cfg, base, min_sigma=cfg.min_sigma)
         losses.append(((velocity.float() - t.float()) ** 2).mean())
     return torch.stack(losses).mean()
