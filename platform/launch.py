@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 
 
@@ -47,22 +48,22 @@ def torchrun(
 ) -> subprocess.CompletedProcess:
     """Run `torchrun_command(argv, nproc)`. `capture=True` collects the output (tests); `"stdout"` collects
     stdout (a result line) while stderr (progress bars, logs) streams to this terminal; `capture=False`
-    streams both (the CLI) and forwards SIGTERM to torchrun, which passes it on to the workers (they
-    checkpoint and stop)."""
+    streams both (the CLI). In every mode a SIGTERM to this process (a pod eviction, a stopped main job) is
+    forwarded to torchrun, which passes it on to the workers: they checkpoint and stop."""
     cmd = torchrun_command(argv, nproc)
-    if capture:
-        stderr = None if capture == "stdout" else subprocess.PIPE
-        return subprocess.run(
-            cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=timeout, env=_env(), cwd=cwd
-        )
-    proc = subprocess.Popen(cmd, env=_env(), cwd=cwd)
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+    out = subprocess.PIPE if capture else None
+    err = subprocess.PIPE if capture is True else None
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=_env(), cwd=cwd)
+    forward = threading.current_thread() is threading.main_thread()  # signal handlers: main thread only
+    if forward:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
     try:
-        code = proc.wait(timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.wait()
+        proc.communicate()
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
-    return subprocess.CompletedProcess(cmd, code)
+        if forward:
+            signal.signal(signal.SIGTERM, previous)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
