@@ -15,8 +15,9 @@ from duogen.components.curation.executor import plan, run_stage
 from duogen.components.curation.synthetic import plan_instructions, synthetic_stage
 from duogen.components.training.config import TrainConfig, load_config
 from duogen.components.training.data import example_tokens, pack_by_token_budget
-from duogen.components.training.loop import Trainer
+from duogen.components.training.loop import Trainer, ema_decay
 from duogen.model.flow import TrainingExample
+from duogen.model.pair import DuoGenPair
 
 DUOGEN = str(Path(sys.executable).parent / "duogen")
 
@@ -76,6 +77,31 @@ def test_stage1_trains_only_the_mllm_and_stage2_only_the_dit(shards, tmp_path):
     t2.train()
     assert not t2.pair.mllm.training
     assert all(torch.equal(v, t2.pair.mllm.state_dict()[k]) for k, v in mllm_before.items())
+
+
+def test_ema_warms_up_to_its_decay():
+    assert ema_decay(0.995, 0) == 0.1  # the first update mostly replaces the random initial weights
+    assert ema_decay(0.995, 90) == 0.91
+    assert ema_decay(0.995, 10_000) == 0.995
+    share = 1.0  # of the initial weights after 300 steps: negligible, not 0.995**300 = 22%
+    for step in range(300):
+        share *= ema_decay(0.995, step)
+    assert share < 1e-9
+
+
+def test_a_short_runs_exported_ema_follows_its_training(shards, tmp_path):
+    ema = Trainer(_cfg(shards, tmp_path / "ema", stage="stage2", steps=4, ema=0.999), progress=False)
+    initial = {n: p.detach().clone() for n, p in ema.model.named_parameters()}
+    exported = DuoGenPair.from_pretrained(ema.train().model_dir).dit.state_dict()
+    raw = Trainer(_cfg(shards, tmp_path / "raw", stage="stage2", steps=4), progress=False).train()
+    trained = DuoGenPair.from_pretrained(raw.model_dir).dit.state_dict()
+
+    def moved(weights):
+        return sum((weights[n] - p).abs().sum().item() for n, p in initial.items())
+
+    # same data and seeds, so the raw run is the trajectory the EMA averaged; a constant 0.999 would have
+    # kept 99.6% of the initial weights
+    assert moved(exported) > 0.5 * moved(trained) > 0
 
 
 def test_stage2_loss_goes_down_and_is_tracked(shards, tmp_path):

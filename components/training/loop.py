@@ -80,6 +80,12 @@ def warmup_cosine(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def ema_decay(target: float, step: int) -> float:
+    """The EMA's decay after optimizer step `step` (0-based): (1 + step) / (10 + step) up to `target`, as
+    diffusers' EMAModel warms up, so a short run's EMA is not mostly its random initial weights."""
+    return min(target, (1 + step) / (10 + step))
+
+
 class Stage1Loss(nn.Module):
     """Mean next-token loss of a micro-batch in one module call, so DDP sees one forward per backward."""
 
@@ -359,9 +365,10 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
+            decay = ema_decay(cfg.ema, step)
             with torch.no_grad():
                 for name, p in self.model.named_parameters():
-                    self.ema[name].lerp_(p, 1 - cfg.ema)
+                    self.ema[name].lerp_(p, 1 - decay)
         return self._mean_over_data_parallel(total)
 
     def _no_sync(self, last: bool):
