@@ -31,8 +31,8 @@ def test_unknown_action_kind_is_named():
     assert "paint" in res.stderr and "recolour" in res.stderr
 
 
-def test_oracle_stream_is_one_fixed_vector_per_slot():
-    sys.path.insert(0, str(SCRIPT.parent))
+def test_oracle_stream_is_one_fixed_vector_per_slot(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
     from dit_edit_learning import oracle_stream
 
     from duogen.components.toyworld import Recolour, Scene, Shape, Task, WorldConfig
