@@ -160,3 +160,12 @@ def test_describe_gives_unique_readable_sentences():
     for seed in range(30):
         for text in random_task(seed, CFG, 4).instructions(CFG):
             assert text[0].isupper() and text.endswith(".") and "  " not in text
+
+
+def test_random_task_draws_only_the_asked_action_kinds():
+    for seed in range(20):
+        task = random_task(seed, CFG, steps=3, kinds=("recolour", "remove"))
+        assert {type(a) for a in task.actions} <= {Recolour, Remove}
+    assert random_task(3, CFG, steps=2) == random_task(3, CFG, steps=2, kinds=None)
+    with pytest.raises(ValueError, match="paint"):
+        random_task(0, CFG, kinds=("paint",))

@@ -307,16 +307,24 @@ def random_action(rng: random.Random, scene: Scene, cfg: WorldConfig, kind: str 
     return Swap(i, rng.randrange(n))
 
 
-def random_task(rng: random.Random | int, cfg: WorldConfig | None = None, steps: int = 3) -> Task:
-    """A random initial scene plus `steps` valid actions (invalid draws are rejected and redrawn)."""
+def random_task(
+    rng: random.Random | int,
+    cfg: WorldConfig | None = None,
+    steps: int = 3,
+    kinds: tuple[str, ...] | None = None,
+) -> Task:
+    """A random initial scene plus `steps` valid actions (invalid draws are rejected and redrawn), each of a
+    kind drawn from `kinds` (default: any of ACTION_KINDS)."""
     cfg = cfg or WorldConfig()
     rng = random.Random(rng) if isinstance(rng, int) else rng
+    if kinds is not None and (not kinds or set(kinds) - set(ACTION_KINDS)):
+        raise ValueError(f"action kinds {list(kinds)}: choose one or more of {list(ACTION_KINDS)}")
     for _ in range(100):
         scenes, actions = [random_scene(rng, cfg, rng.randint(1, max(1, cfg.max_shapes - 1)))], []
         for _ in range(2000):
             if len(actions) == steps:
                 return Task(tuple(scenes), tuple(actions))
-            action = random_action(rng, scenes[-1], cfg)
+            action = random_action(rng, scenes[-1], cfg, kind=rng.choice(kinds) if kinds else None)
             if isinstance(action, Remove) and len(scenes[-1].shapes) == 1:
                 continue  # keep at least one shape so every step has something to see
             try:

@@ -39,17 +39,15 @@ from duogen.components.toyworld import (  # noqa: E402
     Add,
     Move,
     Recolour,
-    Remove,
     Resize,
     Swap,
     Task,
     WorldConfig,
-    apply,
     find_shapes,
-    random_scene,
+    random_task,
     render,
 )
-from duogen.components.toyworld.world import ACTION_KINDS, _region, random_action  # noqa: E402
+from duogen.components.toyworld.world import ACTION_KINDS, _region  # noqa: E402
 from duogen.model.flow import (  # noqa: E402
     TrainingExample,
     flow_matching_loss,
@@ -60,19 +58,6 @@ from duogen.model.flow import (  # noqa: E402
 from duogen.model.packing import Frame, pack_samples, unpack  # noqa: E402
 from duogen.model.pair import DuoGenPair  # noqa: E402
 from duogen.model.presets import toy  # noqa: E402
-
-
-def one_edit(rng: random.Random, world: WorldConfig, kinds: list[str]) -> Task:
-    """A random scene and one valid action of a random kind from `kinds`."""
-    while True:
-        scene = random_scene(rng, world, rng.randint(1, world.max_shapes - 1))
-        action = random_action(rng, scene, world, kind=rng.choice(kinds))
-        if isinstance(action, Remove) and len(scene.shapes) == 1:
-            continue  # as the task generator: something stays to be seen
-        try:
-            return Task((scene, apply(scene, action, world)), (action,))
-        except ValueError:
-            continue
 
 
 def _vector(key: str, dim: int) -> torch.Tensor:
@@ -107,11 +92,11 @@ class Edits:
     """Encodes tasks into (task, before latent, after latent, oracle stream)."""
 
     def __init__(self, pair: DuoGenPair, world: WorldConfig, kinds: list[str]) -> None:
-        self.pair, self.world, self.kinds = pair, world, kinds
+        self.pair, self.world, self.kinds = pair, world, tuple(kinds)
         self.dim = pair.config.connector.in_channels
 
     def __call__(self, rng: random.Random):
-        task = one_edit(rng, self.world, self.kinds)
+        task = random_task(rng, self.world, steps=1, kinds=self.kinds)
         before, after = (self.pair.vae.encode_image(render(s, self.world), self.pair.pixel_multiple)
                          for s in task.scenes)  # fmt: skip
         return task, before, after, oracle_stream(task, self.world, self.dim)
