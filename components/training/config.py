@@ -18,7 +18,7 @@ class TrainConfig:
     mix: dict[str, float] = field(default_factory=dict)  # stage 2: weight per sample source (empty: as found)
     out: str = "outputs/train"
     steps: int = 100
-    batch_size: int = 4  # examples per micro-batch
+    batch_size: int = 4  # examples per micro-batch, on each data-parallel rank
     grad_accum: int = 1
     # stage 2: DiT tokens (all frames, condition + target) per pack; a step's batch_size * grad_accum examples
     # are packed in order into as many forward/backward passes as the budget needs (None: grad_accum packs)
