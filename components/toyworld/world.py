@@ -318,7 +318,8 @@ def random_task(
     cfg = cfg or WorldConfig()
     rng = random.Random(rng) if isinstance(rng, int) else rng
     if kinds is not None and (not kinds or set(kinds) - set(ACTION_KINDS)):
-        raise ValueError(f"action kinds {list(kinds)}: choose one or more of {list(ACTION_KINDS)}")
+        unknown = sorted(set(kinds) - set(ACTION_KINDS))
+        raise ValueError(f"unknown action kinds {unknown}; choose one or more of {list(ACTION_KINDS)}")
     for _ in range(100):
         scenes, actions = [random_scene(rng, cfg, rng.randint(1, max(1, cfg.max_shapes - 1)))], []
         for _ in range(2000):
