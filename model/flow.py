@@ -9,6 +9,7 @@ the negative keeps the visual conditions and drops the last text chunk.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -112,6 +113,17 @@ def flow_matching_loss(
     return torch.stack(losses).mean()
 
 
+# One DiT forward over a list of samples (each a list of frames) and their text streams, returning each
+# sample's per-frame outputs. `run_dit` is the plain one; a server passes its own to batch requests together.
+DiTForward = Callable[[list[list[Frame]], list[torch.Tensor]], list[list[torch.Tensor]]]
+
+
+def run_dit(dit: torch.nn.Module, samples: list[list[Frame]], texts: list[torch.Tensor]):
+    """One packed forward: samples of any sizes go through the DiT together; outputs come back per sample."""
+    pack = pack_samples(samples, texts, dit.config.patch_size, max_frames=dit.config.max_frames)
+    return unpack(dit(pack), pack, dit.config.out_channels)
+
+
 def make_scheduler(name: str, shift: float):
     if name == "euler":
         return FlowMatchEulerDiscreteScheduler(shift=shift)
@@ -131,28 +143,31 @@ def sample_latent(
     negative: torch.Tensor | None,
     cfg: FlowConfig,
     generator: torch.Generator | None = None,
+    forward: DiTForward | None = None,
 ) -> torch.Tensor:
     """Draw one target latent [C, h, w] after the given clean condition latents.
 
     CFG runs when a negative is given and guidance is non-zero, only for sigmas inside `cfg.cfg_interval`;
-    positive and negative go through the DiT as two samples of one pack.
+    positive and negative go through the DiT as two samples of one pack. `forward` replaces the plain
+    `run_dit` (a server's batcher packs several requests' steps into one forward).
     """
-    channels = dit.config.out_channels
+    forward = forward or (lambda samples, texts: run_dit(dit, samples, texts))
     scheduler = make_scheduler(cfg.sampler, cfg.shift)
     scheduler.set_timesteps(cfg.num_inference_steps)
     device = text.device
-    x = torch.randn((channels, *latent_hw), generator=generator).to(device=device, dtype=text.dtype)
-    base = conditions[-1] if conditions else None
+    x = torch.randn((dit.config.out_channels, *latent_hw), generator=generator).to(
+        device=device, dtype=text.dtype
+    )
+    base = conditions[-1].to(x) if conditions else None
     x = source_of(x, base, cfg)
-    cond_frames = [Frame(c, cfg.condition_sigma, True) for c in conditions]
+    cond_frames = [Frame(c.to(x), cfg.condition_sigma, True) for c in conditions]
     lo, hi = cfg.cfg_interval
     for i, t in enumerate(scheduler.timesteps):
         sigma = float(scheduler.sigmas[i])
         frames = [*cond_frames, Frame(x, sigma, False)]
         guided = negative is not None and cfg.guidance_scale != 0 and lo <= sigma <= hi
         samples, texts = ([frames, frames], [text, negative]) if guided else ([frames], [text])
-        pack = pack_samples(samples, texts, dit.config.patch_size, max_frames=dit.config.max_frames)
-        out = unpack(dit(pack), pack, channels)
+        out = forward(samples, texts)
         velocity = to_velocity(out[0][-1], x, sigma, cfg, base)
         if guided:
             negative_velocity = to_velocity(out[1][-1], x, sigma, cfg, base)

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from .chat import ImagePart, append_image, append_tokens, image_token_count, to_turns
-from .flow import sample_latent
+from .flow import DiTForward, sample_latent
 from .pair import DuoGenPair
 from .session import MLLMSession
 from .tokenizer import ENDOFTEXT, IM_START, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_PAD, VISION_START
@@ -51,6 +51,7 @@ class GenerationOptions:
 
 @dataclass
 class Usage:
+    prompt_tokens: int = 0  # the conversation as given, before the answer
     new_tokens: int = 0
     images: int = 0
     vae_encodes: int = 0
@@ -129,7 +130,13 @@ class _Latents:
 
 
 @torch.no_grad()
-def generate(pair: DuoGenPair, conversation, options: GenerationOptions | None = None) -> Iterator[Event]:
+def generate(
+    pair: DuoGenPair,
+    conversation,
+    options: GenerationOptions | None = None,
+    dit_forward: DiTForward | None = None,
+) -> Iterator[Event]:
+    """Yield the answer's events in order; `dit_forward` lets a server batch denoising steps across requests."""
     opts = options or GenerationOptions()
     mllm, cfg = pair.mllm, pair.config
     overrides = {
@@ -142,6 +149,7 @@ def generate(pair: DuoGenPair, conversation, options: GenerationOptions | None =
     usage = Usage()
     turns = to_turns(conversation)
     enc = mllm.encode(turns, add_generation_prompt=True)
+    usage.prompt_tokens = len(enc)
     latents = _Latents(pair, opts.use_cache, usage)
     for part in (p for t in turns for p in t.parts if isinstance(p, ImagePart)):
         latents.add(part.image)  # full size: the MLLM sees its own 480 px copies
@@ -208,6 +216,7 @@ def generate(pair: DuoGenPair, conversation, options: GenerationOptions | None =
             negative,
             flow,
             generator,
+            dit_forward,
         )
         dit_seconds = time.perf_counter() - dit_start
         image = pair.vae.decode_image(latent)

@@ -54,7 +54,10 @@ class DuoGenPair(nn.Module):
         self.vae.save_pretrained(path / "vae")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> DuoGenPair:
+    def from_pretrained(
+        cls, path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> DuoGenPair:
+        """Load a saved pair; with `device` / `dtype` it is placed for inference (see `place`)."""
         path = Path(path)
         if not (path / CONFIG_NAME).exists():
             raise DuoGenInputError(f"{path} is not a saved DuoGen pair: {CONFIG_NAME} is missing")
@@ -62,7 +65,19 @@ class DuoGenPair(nn.Module):
         mllm = DuoGenMLLM.from_pretrained(path / "mllm", config.mllm)
         dit = DuoGenDiT.from_pretrained(path / "dit", config.dit)
         vae = load_codec(path / "vae", config.vae)
-        return cls(config, mllm, dit.eval(), vae.eval())
+        pair = cls(config, mllm, dit.eval(), vae.eval())
+        return pair.place(device, dtype) if device is not None or dtype is not None else pair
+
+    def place(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DuoGenPair:
+        """Move the pair to `device`; the MLLM and the DiT take `dtype`, the VAE stays float32 so every
+        picture is decoded at full precision (latents are cast where they cross over)."""
+        device = torch.device(device or "cpu")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise DuoGenInputError("--device cuda was asked for, but CUDA is not available on this machine")
+        self.mllm.model.to(device=device, dtype=dtype)
+        self.dit.to(device=device, dtype=dtype)
+        self.vae.to(device=device)
+        return self
 
     @property
     def pixel_multiple(self) -> int:

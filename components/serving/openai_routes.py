@@ -1,0 +1,262 @@
+"""The OpenAI-style routes, mounted on the KServe server's FastAPI app under `/openai/v1`.
+
+Protocol only: each route validates its body (schemas.py), turns it into a conversation (convert.py),
+asks the predictor for events and writes them out (openai_output.py). Errors are raised as exceptions that
+`server.py` turns into OpenAI-style error bodies (400 / 404 / 429 / 504).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+
+from duogen.model.errors import DuoGenInputError
+
+from . import metrics
+from .convert import chat_conversation, image_request_conversation, responses_conversation
+from .inputs import decode_image
+from .openai_output import ChatChunks, ResponseBuilder, chat_completion, images_response, sse
+from .predictor import DuoGenPredictor, collect
+from .schemas import ChatRequest, ImagesRequest, ResponsesRequest
+
+
+class UnknownModel(Exception):
+    def __init__(self, name: str, served: str) -> None:
+        super().__init__(f"model {name!r} is not served here; this server serves {served!r}")
+
+
+def _check_model(predictor: DuoGenPredictor, name: str | None) -> None:
+    if name is not None and name != predictor.name:
+        raise UnknownModel(name, predictor.name)
+
+
+async def _until_disconnect(request: Request, work):
+    """Run `work`; stop it if the client goes away (a non-streaming request has no other signal)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                raise asyncio.CancelledError("client disconnected")
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+def _stream_response(chunks: AsyncIterator[str], route: str) -> StreamingResponse:
+    async def timed():
+        start, first = time.perf_counter(), True
+        async for chunk in chunks:
+            if first:
+                metrics.FIRST_EVENT.labels(route).observe(time.perf_counter() - start)
+                first = False
+            yield chunk
+
+    return StreamingResponse(timed(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _merged(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, object]]:
+    """Events of several choices as (choice index, event), as each arrives."""
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(i: int, events: AsyncIterator) -> None:
+        try:
+            async for event in events:
+                await queue.put((i, event))
+        except BaseException as err:  # noqa: BLE001 - re-raised by the consumer
+            await queue.put((i, err))
+        finally:
+            await queue.put((i, done))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        left = len(tasks)
+        while left:
+            i, item = await queue.get()
+            if item is done:
+                left -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def openai_router(predictor: DuoGenPredictor) -> APIRouter:
+    router = APIRouter(prefix="/openai/v1")
+    limits = predictor.settings.limits
+
+    @router.get("/models")
+    async def models() -> dict:
+        return {
+            "object": "list",
+            "data": [{"id": predictor.name, "object": "model", "created": 0, "owned_by": "duogen"}],
+        }
+
+    @router.post("/responses")
+    async def responses(body: ResponsesRequest, request: Request):
+        _check_model(predictor, body.model)
+        conversation = await responses_conversation(body, limits)
+        options = predictor.options(body, body.max_output_tokens, force_bov=body.starts_with_image())
+        rid = request.state.request_id
+        builder = ResponseBuilder(predictor.name, body)
+        events = predictor.stream(conversation, options, rid)
+        if not body.stream:
+
+            async def run() -> dict:
+                async for event in events:
+                    builder.feed(event, body.size)
+                return builder.response(builder.status())
+
+            return await _until_disconnect(request, run())
+
+        async def chunks():
+            for chunk in builder.start():
+                yield chunk
+            try:
+                async for event in events:
+                    for chunk in builder.feed(event, body.size):
+                        yield chunk
+            except (DuoGenInputError, TimeoutError, RuntimeError) as err:
+                yield builder.error(
+                    "server_error" if isinstance(err, RuntimeError) else "invalid_request", str(err)
+                )
+            finally:
+                await events.aclose()
+
+        return _stream_response(chunks(), "/openai/v1/responses")
+
+    @router.post("/chat/completions")
+    async def chat(body: ChatRequest, request: Request):
+        _check_model(predictor, body.model)
+        conversation = await chat_conversation(body, limits)
+        stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
+        tokens = body.max_completion_tokens or body.max_tokens
+        base = predictor.options(body, tokens, force_bov=body.force_image, stop=stop)
+        rid = request.state.request_id
+        streams = [
+            predictor.stream(conversation, _seeded(base, i), f"{rid}-{i}" if body.n > 1 else rid)
+            for i in range(body.n)
+        ]
+        if not body.stream:
+            answers = await _until_disconnect(request, asyncio.gather(*(collect(s) for s in streams)))
+            return chat_completion(predictor.name, list(answers))
+        builder = ChatChunks(predictor.name)
+
+        async def chunks():
+            merged = _merged(streams)
+            try:
+                async for i, event in merged:
+                    for chunk in builder.feed(i, event):
+                        yield chunk
+                yield sse(None, "[DONE]")
+            except (DuoGenInputError, TimeoutError, RuntimeError) as err:
+                yield sse(None, {"error": {"message": str(err), "type": "server_error", "code": None}})
+            finally:
+                await merged.aclose()
+
+        return _stream_response(chunks(), "/openai/v1/chat/completions")
+
+    async def draw(body: ImagesRequest, request: Request, pictures: list) -> dict:
+        _check_model(predictor, body.model)
+        conversation = image_request_conversation(body.prompt, pictures)
+        base = predictor.options(body, 1, force_bov=True)
+        base.max_images = 1
+        if body.size and pictures:  # an edit is drawn at the asked size: the references are fitted to it
+            size = predictor.image_size(body.size)
+            for part in pictures:
+                part["image"] = part["image"].convert("RGB").resize(size)
+        rid = request.state.request_id
+        streams = [predictor.stream(conversation, _seeded(base, i), f"{rid}-{i}") for i in range(body.n)]
+        answers = await _until_disconnect(request, asyncio.gather(*(collect(s) for s in streams)))
+        images = [p for a in answers for p in a["parts"] if not isinstance(p, str)]
+        return images_response(images, [a["finished"].usage for a in answers])
+
+    @router.post("/images/generations")
+    async def generations(body: ImagesRequest, request: Request):
+        return await draw(body, request, [])
+
+    @router.post(
+        "/images/edits",
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["image", "prompt"],
+                            "properties": {
+                                "image": {"type": "string", "format": "binary"},
+                                "prompt": {"type": "string"},
+                                "n": {"type": "integer"},
+                                "size": {"type": "string"},
+                                "seed": {"type": "integer"},
+                            },
+                        }
+                    }
+                },
+                "required": True,
+            }
+        },
+    )
+    async def edits(request: Request):
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise DuoGenInputError("images/edits takes multipart/form-data with 'image' file(s) and 'prompt'")
+        try:
+            form = await request.form(max_files=limits.max_images, max_fields=64)
+        except Exception as err:  # noqa: BLE001 - starlette raises several kinds for a bad form
+            raise DuoGenInputError(f"cannot read the multipart form: {err}") from None
+        files = [*form.getlist("image"), *form.getlist("image[]")]
+        fields = {k: v for k, v in form.multi_items() if isinstance(v, str) and k not in ("image", "image[]")}
+        try:
+            body = ImagesRequest.model_validate(fields)
+        except ValidationError as err:
+            raise DuoGenInputError(_validation_message(err)) from None
+        if not files or any(isinstance(f, str) for f in files):
+            raise DuoGenInputError("images/edits needs one or more 'image' files")
+        pictures = []
+        for i, upload in enumerate(files):
+            data = await upload.read(limits.max_bytes + 1)
+            pictures.append({"type": "image", "image": decode_image(data, limits, f"image[{i}]")})
+        return await draw(body, request, pictures)
+
+    return router
+
+
+def _seeded(options, i: int):
+    import dataclasses
+
+    return dataclasses.replace(options, seed=options.seed + i)
+
+
+def _validation_message(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors()[:5]:
+        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {e.get('msg')}")
+    return "; ".join(parts)
+
+
+def validation_error_response(err) -> JSONResponse:
+    return JSONResponse(
+        status_code=400,
+        content={
+            "error": {
+                "message": _validation_message(err),
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_value",
+            }
+        },
+    )

@@ -1,0 +1,129 @@
+"""Request bodies of the OpenAI-style routes (pydantic: they are also the OpenAPI schema the fuzz test reads).
+
+Fields follow the OpenAI API; the pair's own controls (`max_images`, `seed`, `guidance_scale`, `steps`,
+`size`) are extra body fields, which the official client sends with `extra_body={...}`. Unknown fields
+are ignored, as OpenAI-compatible servers do; known fields of the wrong type or out of range are a 400.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SIZE_PATTERN = r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$"
+
+
+class Controls(BaseModel):
+    """What every generating route accepts besides its own fields."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, max_length=256)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    max_images: int | None = Field(None, ge=0, le=16)
+    guidance_scale: float | None = Field(None, ge=0, le=30)
+    steps: int | None = Field(None, ge=1, le=100)
+    size: str | None = Field(None, pattern=SIZE_PATTERN, description="WIDTHxHEIGHT of drawn pictures")
+    force_image: bool = Field(False, description="start the answer with a picture")
+    max_new_tokens: int | None = Field(None, ge=1, description="KServe V1/V2 requests' output token cap")
+
+
+# --- Responses API -----------------------------------------------------------------------------------
+
+
+class InputText(BaseModel):
+    type: Literal["input_text", "output_text", "text"]
+    text: str = Field(max_length=100_000)
+
+
+class InputImage(BaseModel):
+    type: Literal["input_image"]
+    image_url: str = Field(max_length=50_000_000)
+    detail: str | None = None
+
+
+ResponseContent = Annotated[InputText | InputImage, Field(discriminator="type")]
+
+
+class InputMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[ResponseContent]
+
+
+class InputImageCall(BaseModel):
+    """An earlier answer's picture, sent back as the `image_generation_call` item the server returned."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["image_generation_call"]
+    result: str = Field(max_length=50_000_000)
+
+
+class ResponsesRequest(Controls):
+    input: str | list[InputMessage | InputImageCall] = Field(min_length=1, max_length=256)
+    instructions: str | None = Field(None, max_length=100_000)
+    max_output_tokens: int | None = Field(None, ge=1)
+    stream: bool = False
+    # {"type": "image_generation"} or "required" makes the answer start with a picture (as OpenAI's image tool)
+    tool_choice: str | dict | None = None
+
+    def starts_with_image(self) -> bool:
+        choice = self.tool_choice
+        forced = choice == "required" or (
+            isinstance(choice, dict) and choice.get("type") == "image_generation"
+        )
+        return self.force_image or forced
+
+
+# --- Chat completions --------------------------------------------------------------------------------
+
+
+class ChatText(BaseModel):
+    type: Literal["text"]
+    text: str = Field(max_length=100_000)
+
+
+class ImageURL(BaseModel):
+    url: str = Field(max_length=50_000_000)
+    detail: str | None = None
+
+
+class ChatImage(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ChatContent = Annotated[ChatText | ChatImage, Field(discriminator="type")]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ChatContent] | None = None
+
+
+class ChatRequest(Controls):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=256)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1, le=8)
+    stop: str | list[str] | None = None
+    stream: bool = False
+
+
+# --- Images --------------------------------------------------------------------------------------------
+
+
+class ImagesRequest(Controls):
+    prompt: str = Field(min_length=1, max_length=32_000)
+    n: int = Field(1, ge=1, le=8)
+    response_format: Literal["b64_json"] | None = None
+    quality: str | None = None
+    style: str | None = None
