@@ -136,7 +136,7 @@ def generate(
     options: GenerationOptions | None = None,
     dit_forward: DiTForward | None = None,
 ) -> Iterator[Event]:
-    """Yield the answer's events in order; `dit_forward` lets a server batch denoising steps across requests."""
+    """Yield the answer's events in order; `dit_forward` lets a server batch denoising across requests."""
     opts = options or GenerationOptions()
     mllm, cfg = pair.mllm, pair.config
     overrides = {

@@ -39,7 +39,7 @@ def local_pair_dir(uri: str | os.PathLike, cache: str | os.PathLike | None = Non
 
 
 def resolve_mlflow_uri(uri: str) -> str:
-    """The storage URI behind `models:/NAME@ALIAS` or `models:/NAME/VERSION` (what KServe's storageUri needs)."""
+    """The storage URI behind `models:/NAME@ALIAS` or `models:/NAME/VERSION` (KServe's storageUri)."""
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient

@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--allow-image-host",
         action="append",
         default=[],
-        help="a host (or host:port) input images may be fetched from over http(s); repeatable (default: none)",
+        help="a host (or host:port) input images may be fetched from over http(s); repeatable",
     )
     p.add_argument(
         "--auth-token-file",

@@ -70,7 +70,7 @@ class ResponsesRequest(Controls):
     instructions: str | None = Field(None, max_length=100_000)
     max_output_tokens: int | None = Field(None, ge=1)
     stream: bool = False
-    # {"type": "image_generation"} or "required" makes the answer start with a picture (as OpenAI's image tool)
+    # {"type": "image_generation"} or "required": the answer starts with a picture (OpenAI's image tool)
     tool_choice: str | dict | None = None
 
     def starts_with_image(self) -> bool:
