@@ -111,9 +111,17 @@ class GenerationEngine:
         iterator must be consumed (or closed), which releases the admission.
         """
         self._admit()
-        return self._events(conversation, options, Ticket(request_id or uuid.uuid4().hex))
+        admission = _Admission(self)
+        events = self._events(conversation, options, Ticket(request_id or uuid.uuid4().hex), admission)
+        return _Admitted(events, admission)
 
-    async def _events(self, conversation, options: GenerationOptions, ticket: Ticket) -> AsyncIterator:
+    def _release(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    async def _events(
+        self, conversation, options: GenerationOptions, ticket: Ticket, admission: _Admission
+    ) -> AsyncIterator:
         deadline = time.monotonic() + self.settings.timeout_s
         loop = asyncio.get_running_loop()
         if self._slots is None:
@@ -152,5 +160,33 @@ class GenerationEngine:
             if acquired:
                 self.running -= 1
                 self._slots.release()
-            with self._lock:
-                self._in_flight -= 1
+            admission.release()
+
+
+class _Admission:
+    """One admitted request's place in the queue; released exactly once."""
+
+    def __init__(self, engine: GenerationEngine) -> None:
+        self.engine, self.released = engine, False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.engine._release()
+
+
+class _Admitted:
+    """The events of an admitted request; closing it before the first event still frees its place."""
+
+    def __init__(self, events: AsyncIterator, admission: _Admission) -> None:
+        self._events, self._admission = events, admission
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+        self._admission.release()
