@@ -40,6 +40,7 @@ try:
     import kserve
     from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
     from kserve.errors import InvalidInput, ModelNotReady
+    from kserve.protocol.dataplane import DataPlane
     from kserve.protocol.rest.server import RESTServer
 finally:
     sys.argv = _argv
@@ -240,6 +241,15 @@ def install(app: FastAPI, predictor: DuoGenPredictor, settings: ServeSettings) -
     app.add_exception_handler(Exception, internal)
 
 
+class ModelsReadyDataPlane(DataPlane):
+    """Server readiness (`/v2/health/ready`) that waits for the models: KServe's answers True at once,
+    but a pod must not receive traffic while its pair is still loading."""
+
+    async def ready(self) -> bool:
+        models = list(self.model_registry.get_models().values())
+        return bool(models) and all([await m.healthy() for m in models]) and await super().ready()
+
+
 class _RESTServer(RESTServer):
     """KServe's REST server on a chosen host (KServe binds 0.0.0.0), with DuoGen's additions installed
     after KServe's own, so DuoGen's error handlers are the ones in force."""
@@ -260,6 +270,7 @@ class DuoGenModelServer(kserve.ModelServer):
     def __init__(self, settings: ServeSettings) -> None:
         super().__init__(http_port=settings.port, enable_grpc=False, workers=1, enable_docs_url=False)
         self.settings = settings
+        self.dataplane = ModelsReadyDataPlane(model_registry=self.registered_models)
 
     def start(self, models: list[DuoGenPredictor]) -> None:
         """Serve at once; each model loads in the background and turns ready when loaded."""
