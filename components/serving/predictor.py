@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -156,6 +157,11 @@ class DuoGenPredictor(kserve.Model):
         return [{"role": "user", "content": content}]
 
     async def _predict_v1(self, payload, headers) -> dict:
+        if isinstance(payload, bytes | str):  # a JSON body sent without a JSON content type (curl -d)
+            try:
+                payload = json.loads(payload)
+            except ValueError:
+                raise DuoGenInputError("the request body is not JSON") from None
         instances = payload.get("instances") if isinstance(payload, dict) else None
         if (
             not isinstance(instances, list)

@@ -41,6 +41,7 @@ try:
     from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
     from kserve.errors import InvalidInput, ModelNotReady
     from kserve.protocol.dataplane import DataPlane
+    from kserve.protocol.model_repository_extension import ModelRepositoryExtension
     from kserve.protocol.rest.server import RESTServer
 finally:
     sys.argv = _argv
@@ -193,7 +194,14 @@ class _BodyTooLarge(Exception):
 
 
 def install(app: FastAPI, predictor: DuoGenPredictor, settings: ServeSettings) -> None:
-    """Add the routes, the chat page, the middleware and the error handlers to KServe's app."""
+    """Add the routes, the chat page, the middleware and the error handlers to KServe's app.
+
+    KServe's model-repository extension (`/v2/repository/...`: load and unload by name) is removed: this
+    server holds one pair, which the InferenceService places, and no client may unload it.
+    """
+    app.router.routes[:] = [
+        r for r in app.router.routes if not getattr(r, "path", "").startswith("/v2/repository")
+    ]
     app.include_router(openai_router(predictor))
     app.mount("/ui/", StaticFiles(directory=UI_DIR, html=True), name="ui")
     app.add_api_route("/ui", lambda: RedirectResponse("/ui/"), include_in_schema=False)
@@ -226,6 +234,11 @@ def install(app: FastAPI, predictor: DuoGenPredictor, settings: ServeSettings) -
     async def not_ready(request: Request, err: ModelNotReady):
         return _error(503, str(err), "server_error", "model_not_ready", {"Retry-After": "5"})
 
+    async def unsupported(request: Request, err: NotImplementedError):
+        # KServe answers 501 for what its protocol has but this model has not (model versions, explain):
+        # the request asks for something this server does not offer, which is the client's to change
+        return _error(400, f"not supported by this server: {err}", "invalid_request_error", "unsupported")
+
     async def internal(request: Request, err: Exception):
         rid = getattr(request.state, "request_id", "?")
         log.error("unhandled error", exc_info=err, extra={"fields": {"request_id": rid}})
@@ -238,6 +251,7 @@ def install(app: FastAPI, predictor: DuoGenPredictor, settings: ServeSettings) -
     app.add_exception_handler(RequestTimeout, timeout)
     app.add_exception_handler(UnknownModel, unknown_model)
     app.add_exception_handler(ModelNotReady, not_ready)
+    app.add_exception_handler(NotImplementedError, unsupported)
     app.add_exception_handler(Exception, internal)
 
 
@@ -248,6 +262,17 @@ class ModelsReadyDataPlane(DataPlane):
     async def ready(self) -> bool:
         models = list(self.model_registry.get_models().values())
         return bool(models) and all([await m.healthy() for m in models]) and await super().ready()
+
+
+class FixedModels(ModelRepositoryExtension):
+    """KServe's repository extension (`/v2/repository/models/NAME/load|unload`) for a server that holds one
+    pair, placed by the InferenceService: no client may load another model or unload this one."""
+
+    async def load(self, model_name: str) -> None:
+        raise InvalidInput(f"this server serves one fixed pair; loading {model_name!r} is not offered")
+
+    async def unload(self, model_name: str) -> None:
+        raise InvalidInput(f"this server serves one fixed pair; unloading {model_name!r} is not offered")
 
 
 class _RESTServer(RESTServer):
@@ -271,6 +296,7 @@ class DuoGenModelServer(kserve.ModelServer):
         super().__init__(http_port=settings.port, enable_grpc=False, workers=1, enable_docs_url=False)
         self.settings = settings
         self.dataplane = ModelsReadyDataPlane(model_registry=self.registered_models)
+        self.model_repository_extension = FixedModels(model_registry=self.registered_models)
 
     def start(self, models: list[DuoGenPredictor]) -> None:
         """Serve at once; each model loads in the background and turns ready when loaded."""
