@@ -15,3 +15,11 @@ links=()
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt "${links[@]}" -e ".${extras}"
 # PySceneDetect declares the GUI opencv-python, whose cv2 would replace the headless one: install it alone.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps scenedetect
+# The chat page test drives Debian's chromium (Playwright never downloads a browser here).
+if [ "${1:-}" = "dev" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "install.sh: Debian's chromium is missing (the chat page test needs it): apt-get install chromium" >&2
+  fi
+fi

@@ -1,0 +1,81 @@
+"""The chat page in a real headless Chromium (Debian's `chromium`, driven by Playwright; no browser is
+downloaded): it loads from the server, sends a request with an attached picture, and shows the answer's
+text and the picture the pair drew, in the order they streamed in."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serving_server import predictor_server  # noqa: E402
+
+DUOGEN = str(Path(sys.executable).parent / "duogen")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from duogen.model.pair import DuoGenPair
+    from duogen.model.presets import get_preset
+
+    root = tmp_path_factory.mktemp("page")
+    DuoGenPair.build(get_preset("tiny"), seed=0).save_pretrained(root / "pair")
+    with predictor_server([DUOGEN, "serve", "--model", str(root / "pair")], root / "server.log") as s:
+        yield s
+
+
+def test_the_chat_page_streams_text_and_pictures(server, tmp_path):
+    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `bash scripts/install.sh dev` installs it"
+    from playwright.sync_api import sync_playwright
+
+    attached = tmp_path / "start.png"
+    Image.new("RGB", (48, 48), (255, 0, 0)).save(attached)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=FLAGS
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"{server.url}/ui/")
+            page.wait_for_function("document.getElementById('status').textContent.includes('duogen')")
+            page.fill("#prompt", "Move the square to the left.")
+            page.set_input_files("#files", str(attached))
+            page.check("#force")
+            page.fill("#tokens", "6")
+            page.fill("#images", "1")
+            page.click("#send")
+            page.wait_for_selector(".assistant[data-done]", timeout=60_000)
+            assert page.get_attribute(".assistant", "data-done") in ("completed", "incomplete")
+            # the user's own picture sits in the user's bubble; the answer's picture was drawn by the pair
+            assert page.locator(".user img").count() == 1
+            drawn = page.locator(".assistant img.generated")
+            assert drawn.count() == 1
+            src = drawn.get_attribute("src")
+            assert src.startswith("data:image/png;base64,")
+            size = page.evaluate(
+                "() => { const i = document.querySelector('.assistant img.generated');"
+                " return [i.naturalWidth, i.naturalHeight]; }"
+            )
+            assert size == [48, 48]  # drawn at the size of the attached picture
+            first = page.evaluate("() => document.querySelector('.assistant').firstChild.nodeName")
+            assert first == "IMG"  # asked to start with a picture: it comes before any text
+            shot = page.screenshot()
+            assert Image.open(io.BytesIO(shot)).size[0] > 0
+            (tmp_path / "page.png").write_bytes(shot)
+        finally:
+            browser.close()
