@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -76,23 +77,31 @@ class LatentCodec(nn.Module):
 
 
 class DuoGenVAE(LatentCodec):
-    """Wan2.1's VAE (diffusers `AutoencoderKLWan`)."""
+    """Wan2.1's VAE (diffusers `AutoencoderKLWan`).
+
+    `AutoencoderKLWan` keeps its causal-convolution feature caches on the module during a call, so two
+    threads encoding or decoding at once corrupt each other's caches: calls are serialised by a lock (a
+    server generates several requests in threads).
+    """
 
     def __init__(self, cfg: VAEConfig, model: AutoencoderKLWan | None = None) -> None:
         super().__init__(cfg)
         self.model = model if model is not None else AutoencoderKLWan(**cfg.diffusers_kwargs())
+        self._lock = threading.Lock()
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """[3, H, W] in [-1, 1] -> normalised latent [z, H/8, W/8] (posterior mode: deterministic)."""
         self._check(pixels)
         x = pixels.to(self.model.dtype)[None, :, None]
-        latent = self.model.encode(x).latent_dist.mode()[0, :, 0]
+        with self._lock:
+            latent = self.model.encode(x).latent_dist.mode()[0, :, 0]
         return (latent - self.mean.to(latent)) / self.std.to(latent)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Normalised latent [z, h, w] -> [3, 8h, 8w] in [-1, 1]."""
         z = latent * self.std.to(latent) + self.mean.to(latent)
-        return self.model.decode(z[None, :, None].to(self.model.dtype)).sample[0, :, 0]
+        with self._lock:
+            return self.model.decode(z[None, :, None].to(self.model.dtype)).sample[0, :, 0]
 
     def save_pretrained(self, path: str | Path) -> None:
         self.model.save_pretrained(str(path))

@@ -417,6 +417,7 @@ BAD = [
         400,
     ),
     ("body too large", "/responses", {"json": {"input": "x" * 2_100_000}}, 413),
+    ("chunked body too large", "/responses", {"chunks": [b'{"input": "' + b"x" * 1_000_000] * 3}, 413),
     (
         "unknown model",
         "/chat/completions",
@@ -469,9 +470,15 @@ BAD = [
 ]
 
 
+def post(url: str, kwargs: dict) -> httpx.Response:
+    if "chunks" in kwargs:  # a body of unknown length (Transfer-Encoding: chunked)
+        kwargs = {"content": iter(kwargs["chunks"]), "headers": {"content-type": "application/json"}}
+    return httpx.post(url, timeout=30, **kwargs)
+
+
 @pytest.mark.parametrize(("what", "path", "kwargs", "status"), BAD, ids=[b[0] for b in BAD])
 def test_bad_requests_get_a_4xx_with_a_reason(server, what, path, kwargs, status):
-    r = httpx.post(f"{server.openai}{path}", timeout=30, **kwargs)
+    r = post(f"{server.openai}{path}", kwargs)
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["message"] and "Traceback" not in r.text
@@ -480,7 +487,7 @@ def test_bad_requests_get_a_4xx_with_a_reason(server, what, path, kwargs, status
 
 def test_server_keeps_serving_after_bad_input(client, server):
     for _, path, kwargs, _ in BAD:
-        httpx.post(f"{server.openai}{path}", timeout=30, **kwargs)
+        post(f"{server.openai}{path}", kwargs)
     assert server.healthy()
     assert client.responses.create(model="duogen", input="hi", max_output_tokens=2).status in (
         "completed",

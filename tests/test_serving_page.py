@@ -46,9 +46,7 @@ def test_the_chat_page_streams_text_and_pictures(server, tmp_path):
     attached = tmp_path / "start.png"
     Image.new("RGB", (48, 48), (255, 0, 0)).save(attached)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, args=FLAGS
-        )
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
             page = browser.new_page()
             page.goto(f"{server.url}/ui/")

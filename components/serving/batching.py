@@ -4,7 +4,7 @@ Each request's generation loop runs in its own worker thread and calls `DiTBatch
 denoising step (through `generate(..., dit_forward=...)`). The batcher thread collects the calls that are
 waiting, packs all their samples into one sequence (the pack takes samples of any sizes and never lets
 attention cross samples), runs the DiT once and hands each caller its own outputs. It waits for the other
-requests that are drawing right now (they announce themselves with `drawing()`), at most `max_wait_s`
+requests drawing right now (they announce themselves with `enter()` / `leave()`), at most `max_wait_s`
 after the first call arrived, so a lone request is never held back for long.
 
 `max_batch=1` is the same server without cross-request batching: one request's step per forward, in
@@ -13,7 +13,6 @@ arrival order (the baseline the serving benchmark compares with).
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -68,17 +67,15 @@ class DiTBatcher:
         self._thread = threading.Thread(target=self._loop, name="dit-batcher", daemon=True)
         self._thread.start()
 
-    @contextlib.contextmanager
-    def drawing(self):
-        """Mark the calling request as inside a denoising loop, so a batch waits for its next step."""
+    def enter(self) -> None:
+        """A request starts a denoising loop: until it `leave`s, a batch waits for its next step."""
         with self._cond:
             self._drawing += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._drawing -= 1
-                self._cond.notify_all()
+
+    def leave(self) -> None:
+        with self._cond:
+            self._drawing -= 1
+            self._cond.notify_all()
 
     def bind(self, ticket: Ticket):
         """The `dit_forward` for one request."""

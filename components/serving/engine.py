@@ -82,24 +82,24 @@ class GenerationEngine:
 
     def _run(self, conversation, options: GenerationOptions, ticket: Ticket, put) -> None:
         """Worker thread: the loop's events go to `put`; cancellation is checked between events."""
-        drawing = None
+        drawing = False
         try:
             for event in generate(self.pair, conversation, options, dit_forward=self.batcher.bind(ticket)):
                 ticket.check()
-                if isinstance(event, ImageStarted):
-                    drawing = self.batcher.drawing()
-                    drawing.__enter__()
-                elif isinstance(event, ImageDone) and drawing is not None:
-                    drawing.__exit__(None, None, None)
-                    drawing = None
+                if isinstance(event, ImageStarted):  # the loop's next step is the first denoising step
+                    self.batcher.enter()
+                    drawing = True
+                elif isinstance(event, ImageDone):
+                    self.batcher.leave()
+                    drawing = False
                 put(event)
                 if isinstance(event, Finished):
                     break
         except BaseException as err:  # noqa: BLE001 - every failure is handed to the consumer
             put(err)
         finally:
-            if drawing is not None:
-                drawing.__exit__(None, None, None)
+            if drawing:
+                self.batcher.leave()
             put(_DONE)
 
     def stream(
@@ -188,5 +188,8 @@ class _Admitted:
         return await self._events.__anext__()
 
     async def aclose(self) -> None:
-        await self._events.aclose()
+        try:
+            await self._events.aclose()
+        except RuntimeError:  # still running in a task being cancelled: its own `finally` cleans up
+            pass
         self._admission.release()

@@ -35,8 +35,9 @@ def _check_model(predictor: DuoGenPredictor, name: str | None) -> None:
         raise UnknownModel(name, predictor.name)
 
 
-async def _until_disconnect(request: Request, work):
-    """Run `work`; stop it if the client goes away (a non-streaming request has no other signal)."""
+async def _until_disconnect(request: Request, work, streams: list):
+    """Run `work` over `streams`; stop it if the client goes away (a non-streaming request has no other
+    signal). The streams are closed however it ends, which frees their places in the queue."""
     task = asyncio.ensure_future(work)
     try:
         while True:
@@ -49,6 +50,8 @@ async def _until_disconnect(request: Request, work):
     finally:
         if not task.done():
             task.cancel()
+        for stream in streams:
+            await stream.aclose()
 
 
 def _stream_response(chunks: AsyncIterator[str], route: str) -> StreamingResponse:
@@ -72,10 +75,11 @@ async def _merged(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, obje
         try:
             async for event in events:
                 await queue.put((i, event))
-        except BaseException as err:  # noqa: BLE001 - re-raised by the consumer
+        except Exception as err:  # noqa: BLE001 - re-raised by the consumer
             await queue.put((i, err))
         finally:
-            await queue.put((i, done))
+            await events.aclose()
+            queue.put_nowait((i, done))
 
     tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
     try:
@@ -91,6 +95,8 @@ async def _merged(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, obje
     finally:
         for task in tasks:
             task.cancel()
+        for stream in streams:
+            await stream.aclose()
 
 
 def openai_router(predictor: DuoGenPredictor) -> APIRouter:
@@ -119,7 +125,7 @@ def openai_router(predictor: DuoGenPredictor) -> APIRouter:
                     builder.feed(event, body.size)
                 return builder.response(builder.status())
 
-            return await _until_disconnect(request, run())
+            return await _until_disconnect(request, run(), [events])
 
         async def chunks():
             for chunk in builder.start():
@@ -150,7 +156,9 @@ def openai_router(predictor: DuoGenPredictor) -> APIRouter:
             for i in range(body.n)
         ]
         if not body.stream:
-            answers = await _until_disconnect(request, asyncio.gather(*(collect(s) for s in streams)))
+            answers = await _until_disconnect(
+                request, asyncio.gather(*(collect(s) for s in streams)), streams
+            )
             return chat_completion(predictor.name, list(answers))
         builder = ChatChunks(predictor.name)
 
@@ -179,7 +187,7 @@ def openai_router(predictor: DuoGenPredictor) -> APIRouter:
                 part["image"] = part["image"].convert("RGB").resize(size)
         rid = request.state.request_id
         streams = [predictor.stream(conversation, _seeded(base, i), f"{rid}-{i}") for i in range(body.n)]
-        answers = await _until_disconnect(request, asyncio.gather(*(collect(s) for s in streams)))
+        answers = await _until_disconnect(request, asyncio.gather(*(collect(s) for s in streams)), streams)
         images = [p for a in answers for p in a["parts"] if not isinstance(p, str)]
         return images_response(images, [a["finished"].usage for a in answers])
 

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from duogen.model.errors import DuoGenInputError
 
@@ -129,17 +131,12 @@ class ServingMiddleware:
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
-        received = 0
-
-        async def capped_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > cap:
-                    raise _BodyTooLarge()
-            return message
-
+        too_large = _error(
+            413,
+            f"request body is larger than the limit of {cap} bytes",
+            "invalid_request_error",
+            "body_too_large",
+        )
         try:
             if not self._authorised(scope):
                 await _error(
@@ -150,21 +147,11 @@ class ServingMiddleware:
                     {"WWW-Authenticate": "Bearer"},
                 )(scope, receive, send_with_id)
             elif int(headers.get(b"content-length", b"0") or 0) > cap:
-                await _error(
-                    413,
-                    f"request body is larger than the limit of {cap} bytes",
-                    "invalid_request_error",
-                    "body_too_large",
-                )(scope, receive, send_with_id)
+                await too_large(scope, receive, send_with_id)
+            elif (body := await _read_body(receive, cap)) is None:
+                await too_large(scope, receive, send_with_id)
             else:
-                await self.app(scope, capped_receive, send_with_id)
-        except _BodyTooLarge:
-            await _error(
-                413,
-                f"request body is larger than the limit of {cap} bytes",
-                "invalid_request_error",
-                "body_too_large",
-            )(scope, receive, send_with_id)
+                await self.app(scope, _replay(body, receive), send_with_id)
         except ValueError:  # a Content-Length that is not a number
             await _error(400, "bad Content-Length header", "invalid_request_error")(
                 scope, receive, send_with_id
@@ -189,8 +176,33 @@ class ServingMiddleware:
             )
 
 
-class _BodyTooLarge(Exception):
-    pass
+async def _read_body(receive, cap: int) -> bytes | None:
+    """The whole request body, or None past `cap` bytes (chunked bodies declare no length up front)."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > cap:
+            return None
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """A `receive` that hands the app the buffered body once, then the client's own messages (disconnect)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def install(app: FastAPI, predictor: DuoGenPredictor, settings: ServeSettings) -> None:
@@ -239,6 +251,11 @@ def install(app: FastAPI, predictor: DuoGenPredictor, settings: ServeSettings) -
         # the request asks for something this server does not offer, which is the client's to change
         return _error(400, f"not supported by this server: {err}", "invalid_request_error", "unsupported")
 
+    async def http_error(request: Request, err: StarletteHTTPException):
+        if openai_path(request):  # unknown path or method under /openai/v1: an OpenAI-style error
+            return _error(err.status_code, str(err.detail), "invalid_request_error", None, err.headers)
+        return await http_exception_handler(request, err)
+
     async def internal(request: Request, err: Exception):
         rid = getattr(request.state, "request_id", "?")
         log.error("unhandled error", exc_info=err, extra={"fields": {"request_id": rid}})
@@ -252,6 +269,7 @@ def install(app: FastAPI, predictor: DuoGenPredictor, settings: ServeSettings) -
     app.add_exception_handler(UnknownModel, unknown_model)
     app.add_exception_handler(ModelNotReady, not_ready)
     app.add_exception_handler(NotImplementedError, unsupported)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, internal)
 
 
