@@ -8,6 +8,8 @@ asks the predictor for events and writes them out (openai_output.py). Errors are
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -19,10 +21,13 @@ from duogen.model.errors import DuoGenInputError
 
 from . import metrics
 from .convert import chat_conversation, image_request_conversation, responses_conversation
+from .engine import RequestTimeout
 from .inputs import decode_image
 from .openai_output import ChatChunks, ResponseBuilder, chat_completion, images_response, sse
 from .predictor import DuoGenPredictor, collect
 from .schemas import ChatRequest, ImagesRequest, ResponsesRequest
+
+log = logging.getLogger("duogen.serving")
 
 
 class UnknownModel(Exception):
@@ -134,10 +139,8 @@ def openai_router(predictor: DuoGenPredictor) -> APIRouter:
                 async for event in events:
                     for chunk in builder.feed(event, body.size):
                         yield chunk
-            except (DuoGenInputError, TimeoutError, RuntimeError) as err:
-                yield builder.error(
-                    "server_error" if isinstance(err, RuntimeError) else "invalid_request", str(err)
-                )
+            except Exception as err:  # noqa: BLE001 - the status is sent: say it in the stream
+                yield builder.error(*_stream_error(err, rid))
             finally:
                 await events.aclose()
 
@@ -151,10 +154,7 @@ def openai_router(predictor: DuoGenPredictor) -> APIRouter:
         tokens = body.max_completion_tokens or body.max_tokens
         base = predictor.options(body, tokens, force_bov=body.force_image, stop=stop)
         rid = request.state.request_id
-        streams = [
-            predictor.stream(conversation, _seeded(base, i), f"{rid}-{i}" if body.n > 1 else rid)
-            for i in range(body.n)
-        ]
+        streams = await _admit(predictor, conversation, base, body.n, rid)
         if not body.stream:
             answers = await _until_disconnect(
                 request, asyncio.gather(*(collect(s) for s in streams)), streams
@@ -169,8 +169,9 @@ def openai_router(predictor: DuoGenPredictor) -> APIRouter:
                     for chunk in builder.feed(i, event):
                         yield chunk
                 yield sse(None, "[DONE]")
-            except (DuoGenInputError, TimeoutError, RuntimeError) as err:
-                yield sse(None, {"error": {"message": str(err), "type": "server_error", "code": None}})
+            except Exception as err:  # noqa: BLE001 - the status is sent: say it in the stream
+                code, message = _stream_error(err, rid)
+                yield sse(None, {"error": {"message": message, "type": "server_error", "code": code}})
             finally:
                 await merged.aclose()
 
@@ -186,7 +187,7 @@ def openai_router(predictor: DuoGenPredictor) -> APIRouter:
             for part in pictures:
                 part["image"] = part["image"].convert("RGB").resize(size)
         rid = request.state.request_id
-        streams = [predictor.stream(conversation, _seeded(base, i), f"{rid}-{i}") for i in range(body.n)]
+        streams = await _admit(predictor, conversation, base, body.n, rid)
         answers = await _until_disconnect(request, asyncio.gather(*(collect(s) for s in streams)), streams)
         images = [p for a in answers for p in a["parts"] if not isinstance(p, str)]
         return images_response(images, [a["finished"].usage for a in answers])
@@ -242,10 +243,28 @@ def openai_router(predictor: DuoGenPredictor) -> APIRouter:
     return router
 
 
-def _seeded(options, i: int):
-    import dataclasses
+async def _admit(predictor: DuoGenPredictor, conversation, options, n: int, rid: str) -> list:
+    """`n` choices, seeds `seed`, `seed + 1`, ...: all admitted, or none (a refusal frees the others)."""
+    streams = []
+    try:
+        for i in range(n):
+            choice = dataclasses.replace(options, seed=options.seed + i)
+            streams.append(predictor.stream(conversation, choice, f"{rid}-{i}" if n > 1 else rid))
+    except BaseException:
+        for stream in streams:
+            await stream.aclose()
+        raise
+    return streams
 
-    return dataclasses.replace(options, seed=options.seed + i)
+
+def _stream_error(err: Exception, rid: str) -> tuple[str, str]:
+    """(code, message) for an error after a stream has started; no internals for unexpected ones."""
+    if isinstance(err, DuoGenInputError):
+        return "invalid_request", str(err)
+    if isinstance(err, RequestTimeout):
+        return "timeout", str(err)
+    log.error("error while streaming", exc_info=err, extra={"fields": {"request_id": rid}})
+    return "server_error", f"internal server error (request id {rid})"
 
 
 def _validation_message(err: ValidationError) -> str:
