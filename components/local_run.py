@@ -17,7 +17,6 @@ from duogen.components.curation.sources import folder_inputs
 from duogen.components.curation.synthetic import plan_instructions, synthetic_stage
 from duogen.components.curation.video import video_stage
 from duogen.components.curation.web import web_stage
-from duogen.components.toyworld import random_task, render
 from duogen.components.toyworld.pages import make_site
 from duogen.components.toyworld.videos import make_videos
 from duogen.components.training.config import TrainConfig
@@ -128,19 +127,17 @@ def run_local(cfg: LocalRunConfig, log=print) -> dict:
 
 
 def answer_page(model_dir: str, page: Path, seed: int) -> Path:
-    """Ask the trained pair a held-out toy-world task, starting from its first scene."""
+    """Ask the trained pair a held-out toy-world task, as the evaluation stage asks it (text, then the
+    starting scene)."""
+    from duogen.components.evaluation.toyworld_eval import held_out_tasks, task_request
     from duogen.model.generate import GenerationOptions
     from duogen.model.pair import DuoGenPair
     from duogen.platform.cli_generate import write_answer
 
-    task = random_task(10_000 + seed, steps=2)
-    instructions = task.instructions()
-    prompt = "How do I " + ", then ".join(s[0].lower() + s[1:].rstrip(".") for s in instructions) + "?"
-    start = render(task.scenes[0])
+    task = held_out_tasks(1, steps=2, seed=seed)[0]
+    conversation = task_request(task)
+    user_parts = [part.get("text", part.get("image")) for part in conversation[0]["content"]]
     pair = DuoGenPair.from_pretrained(model_dir)
-    conversation = [
-        {"role": "user", "content": [{"type": "text", "text": prompt}, {"type": "image", "image": start}]}
-    ]
-    options = GenerationOptions(max_new_tokens=160, max_images=len(instructions), seed=seed)
-    write_answer(pair, conversation, [prompt, start], options, page, "DuoGen on the toy world", quiet=True)
+    options = GenerationOptions(max_new_tokens=160, max_images=len(task.actions), seed=seed)
+    write_answer(pair, conversation, user_parts, options, page, "DuoGen on the toy world", quiet=True)
     return page

@@ -64,12 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate(sub)
 
     from duogen.platform.cli_curate import add_curate
+    from duogen.platform.cli_eval import add_eval
     from duogen.platform.cli_serve import add_serve
     from duogen.platform.cli_train import add_train
 
     add_curate(sub)
     add_train(sub)
     add_serve(sub)
+    add_eval(sub)
     return parser
 
 

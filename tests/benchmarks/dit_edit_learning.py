@@ -28,14 +28,11 @@ import json
 import random
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from toyworld_learning import judge_step  # noqa: E402  (the sibling benchmark's judge)
-
-from duogen.components.toyworld import (  # noqa: E402
+from duogen.components.evaluation.toyworld_judge import judge_step
+from duogen.components.toyworld import (
     Add,
     Move,
     Recolour,
@@ -47,17 +44,17 @@ from duogen.components.toyworld import (  # noqa: E402
     random_task,
     render,
 )
-from duogen.components.toyworld.world import ACTION_KINDS, _region  # noqa: E402
-from duogen.model.flow import (  # noqa: E402
+from duogen.components.toyworld.world import ACTION_KINDS, _region
+from duogen.model.flow import (
     TrainingExample,
     flow_matching_loss,
     sample_latent,
     source_of,
     to_velocity,
 )
-from duogen.model.packing import Frame, pack_samples, unpack  # noqa: E402
-from duogen.model.pair import DuoGenPair  # noqa: E402
-from duogen.model.presets import toy  # noqa: E402
+from duogen.model.packing import Frame, pack_samples, unpack
+from duogen.model.pair import DuoGenPair
+from duogen.model.presets import toy
 
 
 def _vector(key: str, dim: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ below, into a fresh folder, then the trained pair is judged on held-out dialogue
 evaluation split (held out by a hash of the request text; the trainer never sees it), whose toy tasks are
 re-derived from the same seeded prompt-pool expansion, so the truth scene of every step is known exactly.
 
-Metrics (all measured in this run):
+Metrics (all measured in this run; the judge is `duogen.components.evaluation.toyworld_teacher`):
 
 - `bov_f1`: teacher-forced over every assistant position of every held-out dialogue (each token that is in
   the Stage-1 loss: assistant text, `<BOV>`, the closing `<|im_end|>`), the model's greedy next token (with
@@ -42,15 +42,10 @@ import torch
 from duogen.components.curation.synthetic import instruction_id, plan_instructions
 from duogen.components.curation.synthetic_generators import instruction_task
 from duogen.components.curation.synthetic_pool import Instruction
+from duogen.components.evaluation.toyworld_teacher import evaluate_teacher_forced
 from duogen.components.local_run import LocalRunConfig, run_local
-from duogen.components.toyworld import Add, compare, find_shapes, scene_consistency, touched_indices
-from duogen.components.toyworld.world import WorldConfig, _region
-from duogen.components.training.data import iter_samples, to_conversation
+from duogen.components.training.data import iter_samples
 from duogen.components.training.loop import shard_files
-from duogen.model.chat import IGNORE_INDEX, ImagePart
-from duogen.model.connector import stack_layers
-from duogen.model.flow import sample_latent
-from duogen.model.generate import NOT_GENERATED
 from duogen.model.pair import DuoGenPair
 from duogen.platform.launch import torchrun
 
@@ -89,113 +84,6 @@ def held_out(cfg: LocalRunConfig):
     if not out:
         raise SystemExit("no held-out dialogues: raise synthetic_per_seed")
     return out
-
-
-# ------------------------------------------------------------------------------------------------ <BOV>
-
-
-@torch.no_grad()
-def bov_counts(pair: DuoGenPair, enc) -> tuple[int, int, int, int, int]:
-    """(tp, fp, fn, correct, positions) of teacher-forced next-token decisions at assistant positions."""
-    mllm = pair.mllm
-    logits = mllm.forward_logits(enc).float()  # row t predicts token t + 1
-    banned = [mllm.tokenizer.convert_tokens_to_ids(t) for t in NOT_GENERATED]
-    logits[:, banned] = float("-inf")
-    positions = (enc.labels != IGNORE_INDEX).nonzero().flatten()
-    positions = positions[positions > 0]
-    predicted = logits[positions - 1].argmax(-1)
-    truth = enc.input_ids[positions]
-    bov = mllm.bov_token_id
-    p, r = predicted == bov, truth == bov
-    return (
-        int((p & r).sum()),
-        int((p & ~r).sum()),
-        int((~p & r).sum()),
-        int((predicted == truth).sum()),
-        len(positions),
-    )
-
-
-# ------------------------------------------------------------------------------------------- pictures
-
-
-def judge_step(before, after, action, found, cfg: WorldConfig) -> tuple[bool, bool, float]:
-    """(instruction followed, strictly followed, consistency) of one drawn picture against the truth."""
-    strict = compare(after, found)
-    strict_ok = strict["score"] == 1.0 and not strict["extra"]
-    if isinstance(action, Add):
-        new = action.shape
-        rest = type(after)(tuple(s for s in after.shapes if s != new), after.width, after.height)
-        result = compare(rest, found)
-        extra = result["extra"]
-        region = _region(new.x, new.y, after.width, after.height)
-        ok = (
-            result["score"] == 1.0
-            and len(extra) == 1
-            and (extra[0].kind, extra[0].colour, extra[0].size) == (new.kind, new.colour, new.size)
-            and _region(extra[0].x, extra[0].y, after.width, after.height) == region
-        )
-    else:
-        ok = strict_ok
-    consistency = scene_consistency(before, found, touched_indices(action))["score"]
-    return ok, strict_ok, consistency
-
-
-@torch.no_grad()
-def draw_steps(pair: DuoGenPair, enc, images, generator: torch.Generator):
-    """Each assistant picture drawn teacher-forced on the reference history, in order."""
-    cfg = pair.config
-    layers = pair.mllm.layer_hidden_states(enc)
-    stream = stack_layers(layers, eps=cfg.connector.norm_eps)
-    latents = [pair.vae.encode_image(im, pair.pixel_multiple) for im in images]
-    keep = cfg.dit.max_frames - 1
-    drawn = []
-    for k, (start, _) in enumerate(enc.image_spans):
-        bov = start - 2
-        if bov not in enc.bov_positions:
-            continue  # a user image
-        text, negative = pair.text_streams(enc, bov, stream)
-        conditions = latents[max(0, k - keep) : k]
-        h, w = latents[k].shape[-2:]
-        latent = sample_latent(pair.dit, conditions, (h, w), text, negative, cfg.flow, generator)
-        drawn.append(pair.vae.decode_image(latent))
-    return drawn
-
-
-def evaluate(pair: DuoGenPair, dialogues, seed: int = 0) -> dict:
-    tp = fp = fn = correct = total = 0
-    followed, strict, consistency = [], [], []
-    world = WorldConfig()
-    generator = torch.Generator().manual_seed(seed)
-    for sample, images, task in dialogues:
-        turns = to_conversation(sample, images)
-        enc = pair.mllm.encode(turns)
-        counts = bov_counts(pair, enc)
-        tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
-        correct, total = correct + counts[3], total + counts[4]
-        pictures = [p.image for t in turns for p in t.parts if isinstance(p, ImagePart)]
-        drawn = draw_steps(pair, enc, pictures, generator)
-        assert len(drawn) == len(task.actions), (sample.id, len(drawn), len(task.actions))
-        for k, picture in enumerate(drawn):
-            ok, strict_ok, kept = judge_step(
-                task.scenes[k], task.scenes[k + 1], task.actions[k], find_shapes(picture, world), world
-            )
-            followed.append(ok)
-            strict.append(strict_ok)
-            consistency.append(kept)
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    return {
-        "bov_f1": round(2 * precision * recall / (precision + recall), 4) if precision + recall else 0.0,
-        "bov_precision": round(precision, 4),
-        "bov_recall": round(recall, 4),
-        "assistant_token_accuracy": round(correct / total, 4),
-        "instruction_following": round(sum(followed) / len(followed), 4),
-        "instruction_following_strict": round(sum(strict) / len(strict), 4),
-        "consistency": round(sum(consistency) / len(consistency), 4),
-        "held_out_dialogues": len(dialogues),
-        "held_out_steps": len(followed),
-    }
 
 
 # ------------------------------------------------------------------------------------- tensor parallel
@@ -240,7 +128,7 @@ def main() -> None:
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
         pair = DuoGenPair.from_pretrained(summary["model"]).eval()
-    scores = evaluate(pair, dialogues, cfg.seed)
+    scores = evaluate_teacher_forced(pair, dialogues, cfg.seed)
     eval_seconds = time.perf_counter() - t0
     tp_diff = tp_max_loss_diff()
     result = {
