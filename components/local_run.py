@@ -132,7 +132,7 @@ def answer_page(model_dir: str, page: Path, seed: int) -> Path:
     from duogen.components.evaluation.toyworld_eval import held_out_tasks, task_request
     from duogen.model.generate import GenerationOptions
     from duogen.model.pair import DuoGenPair
-    from duogen.platform.cli_generate import write_answer
+    from duogen.platform.html_page import write_answer
 
     task = held_out_tasks(1, steps=2, seed=seed)[0]
     conversation = task_request(task)

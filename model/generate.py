@@ -93,6 +93,35 @@ class Finished:
 Event = TextDelta | ImageStarted | ImageDone | Finished
 
 
+class Answer:
+    """An answer put together from its events: `parts` in order (text as str, pictures as PIL images) and
+    the `Finished` event. Every consumer of the loop (page writer, evaluation, server) collects with it."""
+
+    def __init__(self) -> None:
+        self.parts: list[str | Image.Image] = []
+        self.finished: Finished | None = None
+
+    def add(self, event: Event) -> Event:
+        if isinstance(event, TextDelta):
+            if self.parts and isinstance(self.parts[-1], str):
+                self.parts[-1] += event.text
+            else:
+                self.parts.append(event.text)
+        elif isinstance(event, ImageDone):
+            self.parts.append(event.image)
+        elif isinstance(event, Finished):
+            self.finished = event
+        return event
+
+    @property
+    def text(self) -> str:
+        return "".join(p for p in self.parts if isinstance(p, str))
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [p for p in self.parts if not isinstance(p, str)]
+
+
 def pick_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
     if temperature <= 0:
         return int(logits.argmax())

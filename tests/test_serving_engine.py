@@ -42,7 +42,7 @@ async def _answers(engine: GenerationEngine) -> list[dict]:
 
 
 def _pixels(answer: dict) -> list[np.ndarray]:
-    return [np.asarray(p, dtype=np.int16) for p in answer["parts"] if not isinstance(p, str)]
+    return [np.asarray(p, dtype=np.int16) for p in answer.parts if not isinstance(p, str)]
 
 
 def test_batched_requests_get_the_pictures_they_would_get_alone(pair):
@@ -63,8 +63,8 @@ def test_batched_requests_get_the_pictures_they_would_get_alone(pair):
         for x, y in zip(pa, pb, strict=True):
             assert x.shape == y.shape
             assert np.abs(x - y).max() <= 2  # float summation order differs between pack shapes
-        assert a["finished"].reason == b["finished"].reason
-        texts = [[p for p in answer["parts"] if isinstance(p, str)] for answer in (a, b)]
+        assert a.finished.reason == b.finished.reason
+        texts = [[p for p in answer.parts if isinstance(p, str)] for answer in (a, b)]
         assert texts[0] == texts[1]  # concurrent MLLM decoding in threads writes what it writes alone
 
 
@@ -85,7 +85,7 @@ def test_a_full_queue_refuses_at_once(pair):
         return await collect(third)  # admitted again once the others left
 
     try:
-        assert asyncio.run(run())["finished"].usage.new_tokens == 2
+        assert asyncio.run(run()).finished.usage.new_tokens == 2
     finally:
         engine.close()
 

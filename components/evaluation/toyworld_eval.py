@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from duogen.components.toyworld import Task, WorldConfig, random_task, render
-from duogen.model.generate import Finished, GenerationOptions, ImageDone, TextDelta, generate
+from duogen.model.generate import Answer, GenerationOptions, generate
 
 from .toyworld_judge import judge_answer, summarise
 
@@ -36,23 +36,6 @@ def task_request(task: Task, cfg: WorldConfig | None = None) -> list[dict]:
     ]
 
 
-def answer_parts(pair, conversation, options: GenerationOptions) -> tuple[list, Finished]:
-    """The answer in order (text, pictures) and how it finished."""
-    parts: list = []
-    finished = None
-    for event in generate(pair, conversation, options):
-        if isinstance(event, TextDelta):
-            if parts and isinstance(parts[-1], str):
-                parts[-1] += event.text
-            else:
-                parts.append(event.text)
-        elif isinstance(event, ImageDone):
-            parts.append(event.image)
-        elif isinstance(event, Finished):
-            finished = event
-    return parts, finished
-
-
 @dataclass
 class ToyEvalConfig:
     tasks: int = 20
@@ -69,13 +52,16 @@ def evaluate_free_running(pair, cfg: ToyEvalConfig, progress=None) -> dict:
     records = []
     for i, task in enumerate(held_out_tasks(cfg.tasks, cfg.steps, cfg.seed)):
         conversation = task_request(task)
-        parts, finished = answer_parts(pair, conversation, cfg.options(len(task.actions)))
+        answer = Answer()
+        for event in generate(pair, conversation, cfg.options(len(task.actions))):
+            answer.add(event)
+        parts = answer.parts
         record = judge_answer(task, parts)
         record.update(
             task=i,
             request=conversation[0]["content"][0]["text"],
             answer="".join(p if isinstance(p, str) else "[picture]" for p in parts),
-            finish_reason=finished.reason,
+            finish_reason=answer.finished.reason,
             parts=parts,
         )
         records.append(record)

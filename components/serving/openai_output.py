@@ -222,14 +222,14 @@ class ResponseBuilder:
 
 
 def chat_completion(model: str, answers: list[dict]) -> dict:
-    """`answers`: per choice, the ordered parts (text / image) and its `Finished`."""
-    prompt = answers[0]["finished"].usage.prompt_tokens
-    completion = sum(a["finished"].usage.new_tokens for a in answers)
+    """`answers`: one `Answer` per choice."""
+    prompt = answers[0].finished.usage.prompt_tokens
+    completion = sum(a.finished.usage.new_tokens for a in answers)
     choices = []
     for i, answer in enumerate(answers):
         images = 0
         content = ""
-        for part in answer["parts"]:
+        for part in answer.parts:
             if isinstance(part, str):
                 content += part
             else:
@@ -239,7 +239,7 @@ def chat_completion(model: str, answers: list[dict]) -> dict:
             {
                 "index": i,
                 "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []},
-                "finish_reason": FINISH[answer["finished"].reason],
+                "finish_reason": FINISH[answer.finished.reason],
                 "logprobs": None,
             }
         )

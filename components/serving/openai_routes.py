@@ -189,8 +189,8 @@ def openai_router(predictor: DuoGenPredictor) -> APIRouter:
         rid = request.state.request_id
         streams = await _admit(predictor, conversation, base, body.n, rid)
         answers = await _until_disconnect(request, asyncio.gather(*(collect(s) for s in streams)), streams)
-        images = [p for a in answers for p in a["parts"] if not isinstance(p, str)]
-        return images_response(images, [a["finished"].usage for a in answers])
+        images = [image for a in answers for image in a.images]
+        return images_response(images, [a.finished.usage for a in answers])
 
     @router.post("/images/generations")
     async def generations(body: ImagesRequest, request: Request):

@@ -20,7 +20,7 @@ import torch
 from pydantic import ValidationError
 
 from duogen.model.errors import DuoGenInputError
-from duogen.model.generate import Finished, GenerationOptions, ImageDone, TextDelta
+from duogen.model.generate import Answer, GenerationOptions
 from duogen.model.pair import DuoGenPair
 from duogen.platform.model_store import local_pair_dir
 
@@ -127,7 +127,7 @@ class DuoGenPredictor(kserve.Model):
             raise ModelNotReady(self.name)
         return self.engine.stream(conversation, options, request_id)
 
-    async def answer(self, conversation, options: GenerationOptions, request_id: str | None = None) -> dict:
+    async def answer(self, conversation, options: GenerationOptions, request_id: str | None = None) -> Answer:
         return await collect(self.stream(conversation, options, request_id))
 
     # --- KServe V1 / V2 -----------------------------------------------------------------------------------
@@ -181,9 +181,9 @@ class DuoGenPredictor(kserve.Model):
                         {"type": "text", "text": p}
                         if isinstance(p, str)
                         else {"type": "image", "png": png_base64(p)}
-                        for p in result["parts"]
+                        for p in result.parts
                     ],
-                    "finish_reason": result["finished"].reason,
+                    "finish_reason": result.finished.reason,
                 }
             )
         return {"predictions": predictions}
@@ -201,31 +201,22 @@ class DuoGenPredictor(kserve.Model):
         result = await self.answer(
             self._conversation(text, encoded), options, (headers or {}).get("x-request-id")
         )
-        texts = "".join(p for p in result["parts"] if isinstance(p, str))
-        pngs = [png_base64(p) for p in result["parts"] if not isinstance(p, str)]
+        texts = result.text
+        pngs = [png_base64(p) for p in result.images]
         outputs = [
             InferOutput("text", [1], "BYTES", [texts]),
             InferOutput("images", [len(pngs)], "BYTES", pngs),
-            InferOutput("finish_reason", [1], "BYTES", [result["finished"].reason]),
+            InferOutput("finish_reason", [1], "BYTES", [result.finished.reason]),
         ]
         return InferResponse(request.id or "", self.name, outputs)
 
 
-async def collect(events: AsyncIterator) -> dict:
-    """A whole answer from its events: ordered parts (text / PIL image) and the `Finished` event."""
-    parts: list = []
-    finished = None
+async def collect(events: AsyncIterator) -> Answer:
+    """A whole answer from its events."""
+    answer = Answer()
     async for event in events:
-        if isinstance(event, TextDelta):
-            if parts and isinstance(parts[-1], str):
-                parts[-1] += event.text
-            else:
-                parts.append(event.text)
-        elif isinstance(event, ImageDone):
-            parts.append(event.image)
-        elif isinstance(event, Finished):
-            finished = event
-    return {"parts": parts, "finished": finished}
+        answer.add(event)
+    return answer
 
 
 def _string(value) -> str:
