@@ -45,7 +45,7 @@ def test_an_exact_answer_scores_one_everywhere(task):
     assert {k: scores[k] for k in ("t_com", "i_com", "it_co", "i_co", "i_q")} == dict.fromkeys(
         ("t_com", "i_com", "it_co", "i_co", "i_q"), 1.0
     )
-    assert scores["pictures"] == scores["steps"] == 3
+    assert scores["pictures_drawn"] == scores["steps"] == 3
 
 
 def test_spoiled_answers_lose_exactly_what_they_spoil(task):
@@ -61,14 +61,18 @@ def test_spoiled_answers_lose_exactly_what_they_spoil(task):
     assert extra["t_com"] == pytest.approx(3 / 4) and extra["i_com"] == pytest.approx(3 / 4)
     gibberish = judge_answer(task, ["the the thenghengh triangle"])
     assert gibberish["t_com"] == gibberish["i_com"] == gibberish["it_co"] == 0.0
+    assert gibberish["i_co"] is None and gibberish["i_q"] is None  # nothing drawn, nothing to judge
 
 
 def test_bootstrap_interval_holds_the_mean():
     mean, low, high = bootstrap_ci([0, 1] * 20)
     assert mean == 0.5 and low < 0.5 < high and high - low < 0.5
     assert bootstrap_ci([1.0] * 10) == (1.0, 1.0, 1.0)
-    summary = summarise([{"t_com": 1.0}, {"t_com": 0.0}], metrics=("t_com",))
-    assert summary["t_com"]["mean"] == 0.5
+    summary = summarise(
+        [{"t_com": 1.0, "i_co": None}, {"t_com": 0.0, "i_co": 0.5}], metrics=("t_com", "i_co")
+    )
+    assert summary["t_com"]["mean"] == 0.5 and summary["t_com"]["n"] == 2
+    assert summary["i_co"]["mean"] == 0.5 and summary["i_co"]["n"] == 1
 
 
 def test_the_request_names_every_step_then_shows_the_start(task):

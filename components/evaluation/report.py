@@ -58,16 +58,15 @@ def write_report(result: dict, out: str | Path, title: str) -> Path:
             blocks.append(_answer_html(r, pictures))
     lines.append(f"# {title}\n")
     lines.append(f"{len(records)} answers judged.\n")
-    lines.append("| metric | mean | 95% interval |\n|---|---|---|")
+    lines.append("| metric | mean | 95% interval | answers |\n|---|---|---|---|")
     for name, v in summary.items():
-        lines.append(
-            f"| {NAMES.get(name, name)} | {v['mean']:.3f} | {v['ci95'][0]:.3f} – {v['ci95'][1]:.3f} |"
-        )
+        interval = f"{v['ci95'][0]:.3f} – {v['ci95'][1]:.3f}"
+        lines.append(f"| {NAMES.get(name, name)} | {v['mean']:.3f} | {interval} | {v.get('n', '')} |")
     lines.append("\n![metrics](metrics.png)\n")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     rows = "".join(
         f"<tr><td>{NAMES.get(n, n)}</td><td>{v['mean']:.3f}</td>"
-        f"<td>{v['ci95'][0]:.3f} – {v['ci95'][1]:.3f}</td></tr>"
+        f"<td>{v['ci95'][0]:.3f} – {v['ci95'][1]:.3f}</td><td>{v.get('n', '')}</td></tr>"
         for n, v in summary.items()
     )
     page = (
@@ -77,7 +76,7 @@ def write_report(result: dict, out: str | Path, title: str) -> Path:
         ".answer{border-top:1px solid #ddd;padding:.5em 0}.answer img{image-rendering:pixelated;width:128px;"
         "margin:.2em;border:1px solid #ccc}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p>{len(records)} answers judged.</p>"
-        f"<table><tr><th>metric</th><th>mean</th><th>95% interval</th></tr>{rows}</table>"
+        f"<table><tr><th>metric</th><th>mean</th><th>95% interval</th><th>answers</th></tr>{rows}</table>"
         "<p><img src='metrics.png' alt='metrics'></p><h2>Answers</h2>" + "".join(blocks) + "</body></html>"
     )
     (out / "report.html").write_text(page)
@@ -85,7 +84,7 @@ def write_report(result: dict, out: str | Path, title: str) -> Path:
 
 
 def _answer_html(record: dict, pictures: list[str]) -> str:
-    scores = ", ".join(f"{NAMES.get(k, k)} {record[k]:.2f}" for k in NAMES if k in record)
+    scores = ", ".join(f"{NAMES.get(k, k)} {record[k]:.2f}" for k in NAMES if record.get(k) is not None)
     images = "".join(f"<img src='{html.escape(p)}' alt='picture {k + 1}'>" for k, p in enumerate(pictures))
     return (
         f"<div class='answer'><p><b>Task {record['task']}</b>: {html.escape(record.get('request', ''))}</p>"

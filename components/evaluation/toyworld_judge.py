@@ -11,7 +11,8 @@ Metric names follow the paper's where they map; each is a fraction in [0, 1] per
   back with the toy checker and must match the truth scene after step k (every shape right and none extra;
   an added shape, which the text places only by region, must lie in that region); a missing picture is 0.
 - **I-Co** (image consistency): untouched shapes keep kind, colour, size and place: `scene_consistency` of
-  each step's picture against the scene before the step (mean over the pictures drawn).
+  each step's picture against the scene before the step (mean over the pictures drawn; an answer without
+  pictures has no I-Co and no I-Q, and summaries leave it out of those two means).
 - **I-Q** (image quality): clean background and crisp shapes: the fraction of a picture's pixels within a
   small RGB distance of the palette (background or a shape colour); noise, halos and blends lower it.
 
@@ -121,11 +122,11 @@ def judge_answer(task: Task, parts: list, cfg: WorldConfig | None = None) -> dic
         "t_com": t_com,
         "i_com": i_com,
         "it_co": sum(followed) / len(followed) if followed else 0.0,
-        "i_co": float(np.mean(consistent)) if consistent else 0.0,
-        "i_q": float(np.mean(quality)) if quality else 0.0,
+        "i_co": float(np.mean(consistent)) if consistent else None,  # no picture: nothing to judge
+        "i_q": float(np.mean(quality)) if quality else None,
         "steps": len(expected),
         "written_steps": len(written),
-        "pictures": leading + sum(len(w.pictures) for w in written),
+        "pictures_drawn": leading + sum(len(w.pictures) for w in written),
     }
 
 
@@ -143,9 +144,10 @@ def bootstrap_ci(
 
 
 def summarise(records: list[dict], metrics=METRICS) -> dict:
-    """Per metric: mean with its 95% bootstrap interval, over the judged answers."""
+    """Per metric: mean with its 95% bootstrap interval over the answers that have it (`n`)."""
     out = {}
     for name in metrics:
-        mean, low, high = bootstrap_ci(r[name] for r in records)
-        out[name] = {"mean": round(mean, 4), "ci95": [round(low, 4), round(high, 4)]}
+        values = [r[name] for r in records if r[name] is not None]
+        mean, low, high = bootstrap_ci(values)
+        out[name] = {"mean": round(mean, 4), "ci95": [round(low, 4), round(high, 4)], "n": len(values)}
     return out

@@ -95,8 +95,8 @@ def plant(task, fault: str, rng: random.Random, cfg: WorldConfig) -> list | None
 
 
 def verdicts(scores: dict) -> set[str]:
-    failed = {m for m in METRICS if m != "i_q" and scores[m] < 1.0}
-    return failed | ({"i_q"} if scores["i_q"] < 0.99 else set())
+    failed = {m for m in METRICS if m != "i_q" and (scores[m] or 0.0) < 1.0}
+    return failed | ({"i_q"} if (scores["i_q"] or 0.0) < 0.99 else set())
 
 
 def main() -> None:
