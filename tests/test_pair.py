@@ -132,3 +132,24 @@ def test_toy_preset_pixel_codec_is_exact_and_saves(tmp_path):
         VAEConfig(
             kind="pixel", z_dim=16, scale_factor_spatial=4, latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16
         )
+
+
+def test_a_pair_loads_in_bfloat16_and_still_draws(saved, monkeypatch):
+    """`from_pretrained(dtype=...)` places the MLLM and the DiT in that dtype (the VAE stays float32) and the
+    interleaved loop runs across the dtype boundary; CUDA asked for where there is none is a clear error."""
+    from duogen.model.generate import Answer, GenerationOptions, generate
+
+    path = saved[1]
+    pair = DuoGenPair.from_pretrained(path, device="cpu", dtype=torch.bfloat16)
+    assert {p.dtype for p in pair.dit.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in pair.mllm.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in pair.vae.parameters()} <= {torch.float32}
+    answer = Answer()
+    for event in generate(
+        pair, CONV[:1], GenerationOptions(max_new_tokens=3, max_images=2, force_bov=True, force_bov_every=1)
+    ):
+        answer.add(event)
+    assert [im.size for im in answer.images] == [(64, 64), (64, 64)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DuoGenInputError, match="CUDA is not available"):
+        DuoGenPair.from_pretrained(path, device="cuda")
