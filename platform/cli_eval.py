@@ -30,19 +30,52 @@ def cmd_eval_toyworld(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_t2i(args: argparse.Namespace) -> int:
+    """GenEval-style text-to-image on the toy world: per-category accuracy read back by the toy checker."""
+    from tqdm import tqdm
+
+    from duogen.components.evaluation.report import log_to_mlflow, write_report
+    from duogen.components.evaluation.t2i import evaluate_t2i, make_prompts
+    from duogen.model.pair import DuoGenPair
+
+    pair = DuoGenPair.from_pretrained(args.model)
+    items = make_prompts(args.per_category, seed=args.seed)
+    with tqdm(total=len(items), desc="drawing", unit="prompt", disable=args.quiet) as bar:
+        result = evaluate_t2i(
+            pair, items, size=(args.size, args.size), seed=args.seed, progress=lambda r: bar.update(1)
+        )
+    page = write_report(result, args.out, f"Text-to-image (GenEval-style) evaluation of {args.model}")
+    line = {"report": str(page), **{k: v["mean"] for k, v in result["summary"].items()}}
+    if args.tracking_uri:
+        line["mlflow_run"] = log_to_mlflow(result, args.out, args.tracking_uri, args.experiment, "eval-t2i")
+    print(json.dumps(line))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a saved pair directory")
+    p.add_argument("--out", default="outputs/eval", help="report folder (default: outputs/eval)")
+    p.add_argument("--seed", type=int, default=0, help="prompt and sampling seed (default: 0)")
+    p.add_argument("--tracking-uri", default=None, help="log the report to this MLflow tracking URI")
+    p.add_argument("--experiment", default="duogen-eval", help="MLflow experiment (default: duogen-eval)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="judge a saved pair and write a report", description=__doc__)
     kinds = p.add_subparsers(dest="judge", required=True, metavar="JUDGE")
     toy = kinds.add_parser(
         "toyworld", help="free-running answers to held-out toy tasks", description=cmd_eval_toyworld.__doc__
     )
-    toy.add_argument("--model", required=True, help="a saved pair directory")
-    toy.add_argument("--out", default="outputs/eval", help="report folder (default: outputs/eval)")
+    _common(toy)
     toy.add_argument("--tasks", type=int, default=20, help="held-out tasks (default: 20)")
     toy.add_argument("--steps", type=int, default=2, help="steps per task (default: 2)")
-    toy.add_argument("--seed", type=int, default=0, help="task and sampling seed (default: 0)")
     toy.add_argument("--max-new-tokens", type=int, default=160, help="tokens per answer (default: 160)")
-    toy.add_argument("--tracking-uri", default=None, help="log the report to this MLflow tracking URI")
-    toy.add_argument("--experiment", default="duogen-eval", help="MLflow experiment (default: duogen-eval)")
-    toy.add_argument("--quiet", action="store_true", help="no progress bar")
     toy.set_defaults(func=cmd_eval_toyworld)
+    t2i = kinds.add_parser(
+        "t2i", help="GenEval-style text-to-image on the toy world", description=cmd_eval_t2i.__doc__
+    )
+    _common(t2i)
+    t2i.add_argument("--per-category", type=int, default=10, help="prompts per category (default: 10)")
+    t2i.add_argument("--size", type=int, default=64, help="side of the drawn pictures (default: 64)")
+    t2i.set_defaults(func=cmd_eval_t2i)

@@ -85,6 +85,8 @@ def write_report(result: dict, out: str | Path, title: str) -> Path:
 
 def _answer_html(record: dict, pictures: list[str]) -> str:
     scores = ", ".join(f"{NAMES.get(k, k)} {record[k]:.2f}" for k in NAMES if record.get(k) is not None)
+    if "correct" in record:
+        scores = f"{record['category']}: {'correct' if record['correct'] else 'wrong'}"
     images = "".join(f"<img src='{html.escape(p)}' alt='picture {k + 1}'>" for k, p in enumerate(pictures))
     return (
         f"<div class='answer'><p><b>Task {record['task']}</b>: {html.escape(record.get('request', ''))}</p>"
