@@ -29,8 +29,11 @@ class LocalRunConfig:
     preset: str = "toy"
     pages: int = 60
     videos: int = 8
-    synthetic_per_seed: int = 12  # exact toy-oracle dialogues per prompt-pool seed (cheap to make)
-    stage1_steps: int = 150
+    # Stage 1 decides whether the answer reads right (the MLLM writes the steps and places <BOV>).
+    # Free-running on 20 held-out tasks (`tests/benchmarks/main_job_answers.py`): 150 steps on ~330
+    # dialogues wrote gibberish (T-Com 0.0, I-Com 0.73); 1,500 steps on ~720 write each step with its picture.
+    synthetic_per_seed: int = 40  # exact toy-oracle dialogues per prompt-pool seed (cheap to make)
+    stage1_steps: int = 1500
     stage2_steps: int = 300
     batch_size: int = 4
     stage1_lr: float = 3e-3

@@ -52,6 +52,36 @@ def cmd_eval_t2i(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_vlm(args: argparse.Namespace) -> int:
+    """A VLM judge (any OpenAI-compatible endpoint) scores answers with a benchmark's rubric; a rerun
+    resumes from the records already written."""
+    import os
+
+    from tqdm import tqdm
+
+    from duogen.components.evaluation.report import log_to_mlflow, write_report
+    from duogen.components.evaluation.vlm_judge import judge_items, make_judge, read_comm, read_items
+
+    items = list(read_comm(args.data) if args.benchmark == "comm" else read_items(args.data))
+    api_key = os.environ.get("DUOGEN_JUDGE_API_KEY")
+    with (
+        make_judge(args.base_url, args.judge_model, api_key, timeout=args.timeout) as backend,
+        tqdm(total=len(items), desc="judging", unit="item", disable=args.quiet) as bar,
+    ):
+        result = judge_items(
+            items, backend, args.benchmark, args.out, args.seed, args.attempts, lambda r: bar.update(1)
+        )
+    page = write_report(result, args.out, f"{args.benchmark} judged by {args.judge_model}")
+    line = {"report": str(page), "judged": len(result["records"]), "items": len(items)}
+    line |= {k: v["mean"] for k, v in result["summary"].items()}
+    if args.tracking_uri:
+        line["mlflow_run"] = log_to_mlflow(
+            result, args.out, args.tracking_uri, args.experiment, f"eval-{args.benchmark}"
+        )
+    print(json.dumps(line))
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a saved pair directory")
     p.add_argument("--out", default="outputs/eval", help="report folder (default: outputs/eval)")
@@ -79,3 +109,26 @@ def add_eval(sub) -> None:
     t2i.add_argument("--per-category", type=int, default=10, help="prompts per category (default: 10)")
     t2i.add_argument("--size", type=int, default=64, help="side of the drawn pictures (default: 64)")
     t2i.set_defaults(func=cmd_eval_t2i)
+    vlm = kinds.add_parser(
+        "vlm", help="a VLM judge scores answers with a rubric", description=cmd_eval_vlm.__doc__
+    )
+    vlm.add_argument(
+        "--benchmark", choices=["comm", "interleavedbench", "howto"], required=True, help="rubric"
+    )
+    vlm.add_argument(
+        "--data", required=True, help="CoMM results folder (comm), or an items.jsonl file (the other rubrics)"
+    )
+    vlm.add_argument("--base-url", required=True, help="the judge's OpenAI-compatible base URL (.../v1)")
+    vlm.add_argument(
+        "--judge-model", required=True, help="the judge's model name (key: DUOGEN_JUDGE_API_KEY)"
+    )
+    vlm.add_argument(
+        "--out", default="outputs/eval-vlm", help="records and report (default: outputs/eval-vlm)"
+    )
+    vlm.add_argument("--seed", type=int, default=0, help="first sampling seed (default: 0)")
+    vlm.add_argument("--attempts", type=int, default=3, help="asks per item for a valid reply (default: 3)")
+    vlm.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP call (default: 120)")
+    vlm.add_argument("--tracking-uri", default=None, help="log the report to this MLflow tracking URI")
+    vlm.add_argument("--experiment", default="duogen-eval", help="MLflow experiment (default: duogen-eval)")
+    vlm.add_argument("--quiet", action="store_true", help="no progress bar")
+    vlm.set_defaults(func=cmd_eval_vlm)

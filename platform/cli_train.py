@@ -97,7 +97,7 @@ def add_train(sub) -> None:
     run.add_argument("--preset", default="toy", help="model preset (default: toy)")
     run.add_argument("--pages", type=int, default=60, help="toy-world how-to pages (default: 60)")
     run.add_argument("--videos", type=int, default=8, help="toy-world videos (default: 8)")
-    run.add_argument("--stage1-steps", type=int, default=150, help="Stage-1 steps (default: 150)")
+    run.add_argument("--stage1-steps", type=int, default=1500, help="Stage-1 steps (default: 1500)")
     run.add_argument("--stage2-steps", type=int, default=300, help="Stage-2 steps (default: 300)")
     run.add_argument("--processes", type=int, default=2, help="data-engine worker processes (default: 2)")
     run.add_argument(

@@ -110,7 +110,8 @@ def _error_message(response: httpx.Response) -> str:
 class OpenAICompatibleBackend:
     """POSTs `{base_url}/chat/completions`; retries transient failures, caches answers on disk by request.
 
-    Params fill prompt placeholders; `temperature` and `max_tokens` in params also override the defaults.
+    Params fill prompt placeholders; `temperature` and `max_tokens` in params also override the defaults, and
+    `seed` in params is sent as the request's sampling seed.
     `seed` makes the retry jitter reproducible (it is not sent to the server). `stats` counts `requests`
     (run calls), `cache_hits`, `retries` (extra HTTP attempts) and `failures` (calls that raised).
     """
@@ -172,12 +173,15 @@ class OpenAICompatibleBackend:
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": content}
         ]
-        return {
+        body = {
             "model": self.model,
             "messages": messages,
             "temperature": float(params.get("temperature", 0.0)),
             "max_tokens": int(params.get("max_tokens", self.max_tokens)),
         }
+        if "seed" in params:  # a sampling seed for the server (judges ask with fixed seeds)
+            body["seed"] = int(params["seed"])
+        return body
 
     def run(
         self,

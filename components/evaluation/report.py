@@ -48,10 +48,10 @@ def write_report(result: dict, out: str | Path, title: str) -> Path:
     _plot(summary, out / "metrics.png", title)
     lines, blocks = [], []
     with open(out / "records.jsonl", "w") as f:
-        for r in records:
+        for i, r in enumerate(records):
             pictures = []
             for k, part in enumerate(p for p in r.get("parts", []) if isinstance(p, Image.Image)):
-                name = f"answers/task{r['task']:03d}_{k}.png"
+                name = f"answers/task{r.get('task', i):03d}_{k}.png"
                 part.save(out / name)
                 pictures.append(name)
             f.write(json.dumps({k: v for k, v in r.items() if k != "parts"} | {"pictures": pictures}) + "\n")
@@ -87,9 +87,14 @@ def _answer_html(record: dict, pictures: list[str]) -> str:
     scores = ", ".join(f"{NAMES.get(k, k)} {record[k]:.2f}" for k in NAMES if record.get(k) is not None)
     if "correct" in record:
         scores = f"{record['category']}: {'correct' if record['correct'] else 'wrong'}"
+    if "scores" in record:  # a VLM judge's record
+        scores = (
+            ", ".join(f"{k} {v:g}" for k, v in record["scores"].items()) + f" — {record.get('reply', '')}"
+        )
     images = "".join(f"<img src='{html.escape(p)}' alt='picture {k + 1}'>" for k, p in enumerate(pictures))
     return (
-        f"<div class='answer'><p><b>Task {record['task']}</b>: {html.escape(record.get('request', ''))}</p>"
+        f"<div class='answer'><p><b>{html.escape(str(record.get('id', record.get('task'))))}</b>: "
+        f"{html.escape(record.get('request', ''))}</p>"
         f"<p>{html.escape(record.get('answer', ''))}</p><div>{images}</div>"
         f"<p><small>{scores}</small></p></div>"
     )
