@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from duogen.model.errors import DuoGenInputError
+
 
 def cmd_eval_toyworld(args: argparse.Namespace) -> int:
     """The toy-world judge on the pair's own answers to held-out tasks: T-Com, I-Com, IT-Co, I-Co, I-Q."""
@@ -82,6 +84,28 @@ def cmd_eval_vlm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_elo(args: argparse.Namespace) -> int:
+    """Pairwise preference: two reports' answers become comparisons; --serve opens the voting page on
+    127.0.0.1; otherwise prints Elo and Bradley-Terry ratings (95% bootstrap intervals) from the votes."""
+    from duogen.components.evaluation.preference import VoteStore, pairs_from_reports, ratings
+
+    store = VoteStore(args.db)
+    if args.a or args.b:
+        if not (args.a and args.b):
+            raise DuoGenInputError("--a and --b go together: two report folders to compare")
+        store.add_pairs(pairs_from_reports(args.a, args.b, args.name_a, args.name_b))
+    if args.serve:
+        import uvicorn
+
+        from duogen.components.evaluation.preference_app import preference_app
+
+        print(f"voting page at http://{args.host}:{args.port}/", flush=True)
+        uvicorn.run(preference_app(store), host=args.host, port=args.port, log_level="warning")
+        return 0
+    print(json.dumps(ratings(store.votes())))
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a saved pair directory")
     p.add_argument("--out", default="outputs/eval", help="report folder (default: outputs/eval)")
@@ -132,3 +156,15 @@ def add_eval(sub) -> None:
     vlm.add_argument("--experiment", default="duogen-eval", help="MLflow experiment (default: duogen-eval)")
     vlm.add_argument("--quiet", action="store_true", help="no progress bar")
     vlm.set_defaults(func=cmd_eval_vlm)
+    elo = kinds.add_parser(
+        "elo", help="pairwise preference votes and ratings", description=cmd_eval_elo.__doc__
+    )
+    elo.add_argument("--db", default="outputs/votes.sqlite", help="the votes (default: outputs/votes.sqlite)")
+    elo.add_argument("--a", help="report folder of model A (from duogen eval toyworld)")
+    elo.add_argument("--b", help="report folder of model B")
+    elo.add_argument("--name-a", default="A", help="model A's name (default: A)")
+    elo.add_argument("--name-b", default="B", help="model B's name (default: B)")
+    elo.add_argument("--serve", action="store_true", help="serve the voting page")
+    elo.add_argument("--host", default="127.0.0.1", help="address for --serve (default: 127.0.0.1)")
+    elo.add_argument("--port", type=int, default=8090, help="port for --serve (default: 8090)")
+    elo.set_defaults(func=cmd_eval_elo)
