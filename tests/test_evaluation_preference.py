@@ -5,7 +5,6 @@ naming the model that was shown on that side, and the ratings change."""
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -19,19 +18,10 @@ from PIL import Image
 from duogen.components.evaluation.preference import VoteStore, bradley_terry, elo, ratings
 
 sys.path.insert(0, str(Path(__file__).parent))
+from browser import launch  # noqa: E402
 from serving_server import free_port  # noqa: E402
 
 DUOGEN = str(Path(sys.executable).parent / "duogen")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def test_ratings_follow_the_votes():
@@ -68,7 +58,6 @@ def report(folder: Path, name: str, colour) -> Path:
 
 
 def test_the_voting_page_stores_votes_and_the_ratings_change(tmp_path):
-    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `bash scripts/install.sh dev` installs it"
     from playwright.sync_api import sync_playwright
 
     a, b = report(tmp_path / "a", "alpha", (255, 0, 0)), report(tmp_path / "b", "beta", (0, 0, 255))
@@ -104,7 +93,7 @@ def test_the_voting_page_stores_votes_and_the_ratings_change(tmp_path):
             except httpx.HTTPError:
                 time.sleep(0.2)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            browser = launch(p)
             try:
                 page = browser.new_page()
                 page.goto(url)

@@ -5,7 +5,6 @@ text and the picture the pair drew, in the order they streamed in."""
 from __future__ import annotations
 
 import io
-import shutil
 import sys
 from pathlib import Path
 
@@ -13,19 +12,10 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
+from browser import launch  # noqa: E402
 from serving_server import predictor_server  # noqa: E402
 
 DUOGEN = str(Path(sys.executable).parent / "duogen")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +30,12 @@ def server(tmp_path_factory):
 
 
 def test_the_chat_page_streams_text_and_pictures(server, tmp_path):
-    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `bash scripts/install.sh dev` installs it"
     from playwright.sync_api import sync_playwright
 
     attached = tmp_path / "start.png"
     Image.new("RGB", (48, 48), (255, 0, 0)).save(attached)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = launch(p)
         try:
             page = browser.new_page()
             page.goto(f"{server.url}/ui/")
