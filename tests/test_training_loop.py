@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -131,6 +132,15 @@ def test_config_file_overrides_and_errors(tmp_path):
         load_config(None, ["stage=stage3"])
 
 
+def _logged_steps(db) -> int:
+    """Metric rows the run has written to its MLflow sqlite store so far."""
+    try:
+        with sqlite3.connect(db, timeout=1) as conn:
+            return conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
 def test_cli_sigterm_checkpoints_then_a_rerun_finishes(shards, tmp_path):
     config = {
         "shards": [shards],
@@ -144,9 +154,10 @@ def test_cli_sigterm_checkpoints_then_a_rerun_finishes(shards, tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     db = tmp_path / "run" / "mlflow.db"
-    while not db.exists() and time.time() < deadline:
+    # wait for logged steps (the SIGTERM handler is installed before the first step), not for a fixed time:
+    # a loaded machine can take seconds to create the MLflow tables
+    while _logged_steps(db) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
-    time.sleep(3)  # some steps in
     os.kill(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
