@@ -31,7 +31,8 @@ class LocalRunConfig:
     videos: int = 8
     # Stage 1 decides whether the answer reads right (the MLLM writes the steps and places <BOV>).
     # Free-running on 20 held-out tasks (`tests/benchmarks/main_job_answers.py`): 150 steps on ~330
-    # dialogues wrote gibberish (T-Com 0.0, I-Com 0.73); 1,500 steps on ~720 write each step with its picture.
+    # dialogues wrote gibberish (T-Com 0.0, I-Com 0.73); 1,500 steps on ~720 write each step with its picture
+    # (T-Com 0.49, I-Com 0.98 with a byte tokenizer; 0.65 and 1.0 with the toy words as whole tokens).
     synthetic_per_seed: int = 40  # exact toy-oracle dialogues per prompt-pool seed (cheap to make)
     stage1_steps: int = 1500
     stage2_steps: int = 300

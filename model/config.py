@@ -55,6 +55,9 @@ class MLLMConfig:
     max_image_side: int = 480
     max_context: int = 32768
     bov_token: str = "<BOV>"
+    # Words the offline tokenizer learns whole (byte-level BPE trained on them; empty: bytes only). The toy
+    # preset names its world's words, so a shape's name is one token instead of a dozen bytes.
+    bpe_words: tuple[str, ...] = ()
 
 
 @dataclass

@@ -37,7 +37,7 @@ def hf_config(cfg: MLLMConfig, tokenizer=None) -> Qwen2_5_VLConfig:
     mRoPE goes in `rope_parameters` (transformers 5 name; "mrope" is stored as rope_type "default" with an
     `mrope_section` key). Without `mrope_section` transformers silently falls back to (16, 24, 24).
     """
-    tok = tokenizer if tokenizer is not None else build_tokenizer(cfg.bov_token)
+    tok = tokenizer if tokenizer is not None else build_tokenizer(cfg.bov_token, cfg.bpe_words)
     tid = tok.convert_tokens_to_ids
     text = dict(
         vocab_size=cfg.vocab_size,
@@ -134,7 +134,7 @@ class DuoGenMLLM(torch.nn.Module):
     @classmethod
     def build(cls, cfg: MLLMConfig, seed: int = 0) -> DuoGenMLLM:
         """Random-init model, fully offline (tests, tiny preset); the global RNG is left untouched."""
-        tokenizer = build_tokenizer(cfg.bov_token)
+        tokenizer = build_tokenizer(cfg.bov_token, cfg.bpe_words)
         if len(tokenizer) > cfg.vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but vocab_size is {cfg.vocab_size}")
         with torch.random.fork_rng(devices=[]):

@@ -52,6 +52,16 @@ def tiny() -> DuoGenConfig:
     return DuoGenConfig(name="tiny", mllm=mllm, connector=connector, dit=dit, vae=vae, flow=flow)
 
 
+# The toy world's words (its requests, steps and answers; each seen 20+ times in the synthetic data): the toy
+# tokenizer learns them whole, so copying "the green triangle" from a request is 3 tokens, not 18 bytes.
+TOY_WORDS = (
+    "Add", "How", "I", "Make", "Move", "Remove", "Show", "Step", "Swap", "What", "a", "add", "after", "and",
+    "are", "at", "blue", "bottom", "can", "centre", "circle", "do", "down", "green", "how", "large", "left",
+    "make", "me", "move", "of", "positions", "purple", "red", "remove", "right", "small", "square", "steps",
+    "swap", "that", "the", "then", "to", "top", "triangle", "up", "want", "yellow",
+)  # fmt: skip
+
+
 def toy() -> DuoGenConfig:
     """The embedded default for the toy world: small enough to train on 2 CPU cores in minutes.
 
@@ -59,7 +69,7 @@ def toy() -> DuoGenConfig:
     a drawn picture is exactly what the DiT produced (see `vae.PixelCodec` for why not a Wan VAE here).
     """
     mllm = MLLMConfig(
-        vocab_size=288,
+        vocab_size=512,  # bytes + the toy words' merges (TOY_WORDS) + specials, rounded up
         hidden_size=96,
         intermediate_size=192,
         num_hidden_layers=3,
@@ -73,6 +83,7 @@ def toy() -> DuoGenConfig:
         vision_num_heads=2,
         vision_fullatt_block_indexes=(1,),
         max_context=4096,
+        bpe_words=TOY_WORDS,
     )
     connector = ConnectorConfig(num_layers=3, layer_width=96, out_channels=128)
     dit = DiTConfig(

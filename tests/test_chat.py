@@ -232,3 +232,25 @@ def test_append_tokens_and_image_rebuild_the_full_encoding():
     in_loss = full.labels != IGNORE_INDEX  # appended text is labelled; only the final "\n" differs
     assert torch.equal(enc.labels[in_loss], full.labels[in_loss])
     assert not last_text_chunk_mask(enc.chunk_ids, full.bov_positions[1]).any()  # <BOV> right after image
+
+
+def test_the_toy_tokenizer_learns_its_world_words_whole(tmp_path, monkeypatch):
+    """The toy preset's byte-level BPE: each toy word is one token (with or without its leading space), any
+    text still round-trips byte for byte, the specials follow the merged vocabulary, and a save reloads it."""
+    from duogen.model.presets import TOY_WORDS, toy
+
+    cfg = toy().mllm
+    tok = build_tokenizer(cfg.bov_token, cfg.bpe_words)
+    assert len(tok) <= cfg.vocab_size
+    for word in TOY_WORDS:
+        assert len(tok.encode(word, add_special_tokens=False)) == 1, word
+        assert len(tok.encode(" " + word, add_special_tokens=False)) == 1, word
+    request = "How do I swap the positions of the green triangle and the red circle, then remove it?"
+    assert len(tok.encode(request, add_special_tokens=False)) == 20  # as bytes: 85 tokens
+    for s in [*TEXTS, request]:
+        assert tok.decode(tok.encode(s, split_special_tokens=True)) == s
+    assert tok.convert_tokens_to_ids("<BOV>") == len(tok) - 1 and tok.encode("a<BOV>b")[1] == len(tok) - 1
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded.encode(request) == tok.encode(request) and len(loaded) == len(tok)
