@@ -14,17 +14,9 @@ def _in_a_job() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def train_argv(stage: str, config: str | None = None, sets=(), quiet: bool = False) -> list[str]:
-    """`duogen train ...` as torchrun's program arguments: what every local process runs."""
-    argv = ["-m", "duogen.platform.cli", "train", stage]
-    argv += ["--config", str(config)] if config else []
-    argv += [f"--set={item}" for item in sets]
-    return argv + (["--quiet"] if quiet else [])
-
-
 def _spawn(args: argparse.Namespace, tp: int) -> int:
     """This same command in `--nproc` local processes under torchrun (output streams here)."""
-    from duogen.platform.launch import torchrun
+    from duogen.platform.launch import torchrun, train_argv
 
     if args.nproc % tp:
         raise SystemExit(f"duogen train: error: tp={tp} must divide --nproc {args.nproc}")

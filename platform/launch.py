@@ -67,3 +67,11 @@ def torchrun(
         if forward:
             signal.signal(signal.SIGTERM, previous)
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def train_argv(stage: str, config: str | None = None, sets=(), quiet: bool = False) -> list[str]:
+    """`duogen train ...` as torchrun's program arguments: what every local process runs."""
+    argv = ["-m", "duogen.platform.cli", "train", stage]
+    argv += ["--config", str(config)] if config else []
+    argv += [f"--set={item}" for item in sets]
+    return argv + (["--quiet"] if quiet else [])

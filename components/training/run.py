@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from duogen.platform.cli_train import train_argv
-from duogen.platform.launch import torchrun
+from duogen.platform.launch import torchrun, train_argv
 
 from .config import TrainConfig
 from .loop import Trainer, TrainResult
