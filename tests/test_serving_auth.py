@@ -129,7 +129,7 @@ def test_readiness_is_false_until_the_pair_is_loaded():
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             ready = await client.get("/v2/health/ready")
             model_ready = await client.get("/v2/models/duogen/ready")
-            generate = await client.post("/openai/v1/responses", json={"input": "hi"})
+            generate = await client.post("/openai/v1/responses", json={"input": "hi", "size": "64x64"})
             return ready, model_ready, generate
 
     ready, model_ready, generate = asyncio.run(ask())

@@ -88,6 +88,8 @@ class DuoGenPredictor(kserve.Model):
         self, controls: Controls, max_new_tokens: int | None, force_bov: bool = False, stop=()
     ) -> GenerationOptions:
         """Validated generation options: numbers beyond this server's caps are a `DuoGenInputError`."""
+        if self.pair is None:  # sizes are checked against the pair's pixel multiple
+            raise ModelNotReady(self.name)
         s = self.settings
         tokens = s.default_new_tokens if max_new_tokens is None else max_new_tokens
         if not 1 <= tokens <= s.max_new_tokens:
