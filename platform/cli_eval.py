@@ -8,11 +8,22 @@ import json
 from duogen.model.errors import DuoGenInputError
 
 
+def _report(result: dict, args: argparse.Namespace, title: str, run_name: str, **extra) -> int:
+    """Every judge ends the same way: the report folder, MLflow when asked, one JSON line of the means."""
+    from duogen.components.evaluation.report import log_to_mlflow, write_report
+
+    page = write_report(result, args.out, title)
+    line = {"report": str(page), **extra, **{k: v["mean"] for k, v in result["summary"].items()}}
+    if args.tracking_uri:
+        line["mlflow_run"] = log_to_mlflow(result, args.out, args.tracking_uri, args.experiment, run_name)
+    print(json.dumps(line))
+    return 0
+
+
 def cmd_eval_toyworld(args: argparse.Namespace) -> int:
     """The toy-world judge on the pair's own answers to held-out tasks: T-Com, I-Com, IT-Co, I-Co, I-Q."""
     from tqdm import tqdm
 
-    from duogen.components.evaluation.report import log_to_mlflow, write_report
     from duogen.components.evaluation.toyworld_eval import ToyEvalConfig, evaluate_free_running
     from duogen.model.pair import DuoGenPair
 
@@ -22,21 +33,13 @@ def cmd_eval_toyworld(args: argparse.Namespace) -> int:
     )
     with tqdm(total=cfg.tasks, desc="judging", unit="task", disable=args.quiet) as bar:
         result = evaluate_free_running(pair, cfg, progress=lambda r: bar.update(1))
-    page = write_report(result, args.out, f"Toy-world evaluation of {args.model}")
-    line = {"report": str(page), **{k: v["mean"] for k, v in result["summary"].items()}}
-    if args.tracking_uri:
-        line["mlflow_run"] = log_to_mlflow(
-            result, args.out, args.tracking_uri, args.experiment, "eval-toyworld"
-        )
-    print(json.dumps(line))
-    return 0
+    return _report(result, args, f"Toy-world evaluation of {args.model}", "eval-toyworld")
 
 
 def cmd_eval_t2i(args: argparse.Namespace) -> int:
     """GenEval-style text-to-image on the toy world: per-category accuracy read back by the toy checker."""
     from tqdm import tqdm
 
-    from duogen.components.evaluation.report import log_to_mlflow, write_report
     from duogen.components.evaluation.t2i import evaluate_t2i, make_prompts
     from duogen.model.pair import DuoGenPair
 
@@ -46,12 +49,7 @@ def cmd_eval_t2i(args: argparse.Namespace) -> int:
         result = evaluate_t2i(
             pair, items, size=(args.size, args.size), seed=args.seed, progress=lambda r: bar.update(1)
         )
-    page = write_report(result, args.out, f"Text-to-image (GenEval-style) evaluation of {args.model}")
-    line = {"report": str(page), **{k: v["mean"] for k, v in result["summary"].items()}}
-    if args.tracking_uri:
-        line["mlflow_run"] = log_to_mlflow(result, args.out, args.tracking_uri, args.experiment, "eval-t2i")
-    print(json.dumps(line))
-    return 0
+    return _report(result, args, f"Text-to-image (GenEval-style) evaluation of {args.model}", "eval-t2i")
 
 
 def cmd_eval_vlm(args: argparse.Namespace) -> int:
@@ -61,7 +59,6 @@ def cmd_eval_vlm(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from duogen.components.evaluation.report import log_to_mlflow, write_report
     from duogen.components.evaluation.vlm_judge import judge_items, make_judge, read_comm, read_items
 
     items = list(read_comm(args.data) if args.benchmark == "comm" else read_items(args.data))
@@ -73,15 +70,10 @@ def cmd_eval_vlm(args: argparse.Namespace) -> int:
         result = judge_items(
             items, backend, args.benchmark, args.out, args.seed, args.attempts, lambda r: bar.update(1)
         )
-    page = write_report(result, args.out, f"{args.benchmark} judged by {args.judge_model}")
-    line = {"report": str(page), "judged": len(result["records"]), "items": len(items)}
-    line |= {k: v["mean"] for k, v in result["summary"].items()}
-    if args.tracking_uri:
-        line["mlflow_run"] = log_to_mlflow(
-            result, args.out, args.tracking_uri, args.experiment, f"eval-{args.benchmark}"
-        )
-    print(json.dumps(line))
-    return 0
+    title = f"{args.benchmark} judged by {args.judge_model}"
+    return _report(
+        result, args, title, f"eval-{args.benchmark}", judged=len(result["records"]), items=len(items)
+    )
 
 
 def cmd_eval_elo(args: argparse.Namespace) -> int:
@@ -106,13 +98,17 @@ def cmd_eval_elo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a saved pair directory")
-    p.add_argument("--out", default="outputs/eval", help="report folder (default: outputs/eval)")
+def _report_args(p: argparse.ArgumentParser, out: str = "outputs/eval") -> None:
+    p.add_argument("--out", default=out, help=f"report folder (default: {out})")
     p.add_argument("--seed", type=int, default=0, help="prompt and sampling seed (default: 0)")
     p.add_argument("--tracking-uri", default=None, help="log the report to this MLflow tracking URI")
     p.add_argument("--experiment", default="duogen-eval", help="MLflow experiment (default: duogen-eval)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a saved pair directory")
+    _report_args(p)
 
 
 def add_eval(sub) -> None:
@@ -146,15 +142,9 @@ def add_eval(sub) -> None:
     vlm.add_argument(
         "--judge-model", required=True, help="the judge's model name (key: DUOGEN_JUDGE_API_KEY)"
     )
-    vlm.add_argument(
-        "--out", default="outputs/eval-vlm", help="records and report (default: outputs/eval-vlm)"
-    )
-    vlm.add_argument("--seed", type=int, default=0, help="first sampling seed (default: 0)")
+    _report_args(vlm, out="outputs/eval-vlm")
     vlm.add_argument("--attempts", type=int, default=3, help="asks per item for a valid reply (default: 3)")
     vlm.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP call (default: 120)")
-    vlm.add_argument("--tracking-uri", default=None, help="log the report to this MLflow tracking URI")
-    vlm.add_argument("--experiment", default="duogen-eval", help="MLflow experiment (default: duogen-eval)")
-    vlm.add_argument("--quiet", action="store_true", help="no progress bar")
     vlm.set_defaults(func=cmd_eval_vlm)
     elo = kinds.add_parser(
         "elo", help="pairwise preference votes and ratings", description=cmd_eval_elo.__doc__

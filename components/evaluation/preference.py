@@ -59,9 +59,17 @@ class VoteStore:
                 "(SELECT pair_id FROM votes WHERE voter = ?) ORDER BY id LIMIT 1",
                 (voter,),
             ).fetchone()
-        if row is None:
-            return None
-        return {"id": row[0], "prompt": row[1], "a": json.loads(row[2]), "b": json.loads(row[3])}
+        return _pair(row)
+
+    def pair(self, pair_id: str, voter: str = "") -> dict | None:
+        """The comparison `pair_id` if this voter has not voted on it yet, else None."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT id, prompt, a_json, b_json FROM pairs WHERE id = ? AND id NOT IN "
+                "(SELECT pair_id FROM votes WHERE voter = ?)",
+                (pair_id, voter),
+            ).fetchone()
+        return _pair(row)
 
     def vote(self, pair_id: str, winner_model: str | None, voter: str = "") -> None:
         """`winner_model` None is a tie."""
@@ -84,6 +92,14 @@ class VoteStore:
                 (w, lo, bool(t))
                 for w, lo, t in db.execute("SELECT winner, loser, tie FROM votes ORDER BY id")
             ]
+
+
+def _pair(row) -> dict | None:
+    return (
+        None
+        if row is None
+        else {"id": row[0], "prompt": row[1], "a": json.loads(row[2]), "b": json.loads(row[3])}
+    )
 
 
 def pairs_from_reports(report_a: str | Path, report_b: str | Path, name_a: str, name_b: str) -> list[dict]:

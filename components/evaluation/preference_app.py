@@ -63,7 +63,7 @@ def preference_app(store: VoteStore, seed: int | None = None) -> FastAPI:
 
     @app.post("/api/vote")
     def vote(body: Vote) -> dict:
-        pair = next((p for p in [store.next_pair(body.voter)] if p and p["id"] == body.id), None)
+        pair = store.pair(body.id, body.voter)
         if pair is None:
             raise HTTPException(409, f"comparison {body.id!r} is not waiting for this voter's vote")
         left, right = (pair["a"], pair["b"]) if body.order == "ab" else (pair["b"], pair["a"])
