@@ -83,7 +83,7 @@ def run_local(cfg: LocalRunConfig, log=print) -> dict:
     }
     done("curation")
     common = {"batch_size": cfg.batch_size, "seed": cfg.seed, "log_every": 20, "ckpt_every": 50}
-    stage1 = train(
+    stage1, _ = train(
         TrainConfig(
             stage="stage1",
             model=cfg.preset,
@@ -97,7 +97,7 @@ def run_local(cfg: LocalRunConfig, log=print) -> dict:
         cfg.train_processes,
     )
     done("stage1")
-    stage2 = train(
+    stage2, _ = train(
         TrainConfig(
             stage="stage2",
             model=stage1.model_dir,

@@ -71,7 +71,7 @@ def torchrun(
 
 def train_argv(stage: str, config: str | None = None, sets=(), quiet: bool = False) -> list[str]:
     """`duogen train ...` as torchrun's program arguments: what every local process runs."""
-    argv = ["-m", "duogen.platform.cli", "train", stage]
+    argv = ["-m", "duogen.cli", "train", stage]
     argv += ["--config", str(config)] if config else []
     argv += [f"--set={item}" for item in sets]
     return argv + (["--quiet"] if quiet else [])

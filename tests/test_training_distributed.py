@@ -124,7 +124,7 @@ def test_tp_must_divide_the_processes(shards, tmp_path):
         Trainer(cfg)
     with pytest.raises(ValueError, match="unknown fp8 recipe 'fp4'"):
         TrainConfig(fp8="fp4")
-    from duogen.platform.cli import main
+    from duogen.cli import main
 
     with pytest.raises(SystemExit, match="tp=2 must divide --nproc 3"):
         main(["train", "stage2", "--nproc", "3", "--set", "tp=2"])

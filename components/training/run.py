@@ -1,13 +1,15 @@
-"""One call for a training stage on this machine: in this process, or in N local processes under torchrun.
+"""The one call that trains a stage: in this process, in N local processes under torchrun, or as this
+process's share of a job it already belongs to (a torchrun worker, a PyTorchJob pod: WORLD_SIZE > 1).
 
-N processes run `duogen train` (the entry point a PyTorchJob's pods run) with the config written next to
-the run, so the local job exercises the same distributed path a cluster does; with N = 2 on a 2-core
+N local processes run `duogen train` (the entry point a PyTorchJob's pods run) with the config written next
+to the run, so the local job exercises the same distributed path a cluster does; with N = 2 on a 2-core
 machine each data-parallel rank has a core and a step trains twice the examples in about the same time.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from duogen.platform.launch import torchrun, train_argv
@@ -16,24 +18,52 @@ from .config import TrainConfig
 from .loop import Trainer, TrainResult
 
 
-def train(cfg: TrainConfig, nproc: int = 1, progress: bool = True) -> TrainResult:
-    if nproc <= 1:
+def in_a_job() -> bool:
+    """Started by torchrun or a PyTorchJob (its operator sets MASTER_ADDR, RANK, WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def summary(cfg: TrainConfig, result: TrainResult) -> dict:
+    """The JSON line rank 0 prints: what a launcher reads back (the loss of every step it ran)."""
+    steps = sorted(result.losses)
+    return {
+        "stage": cfg.stage,
+        "status": result.status,
+        "step": result.step,
+        "model": result.model_dir,
+        "mlflow_run_id": result.run_id,
+        "seconds": round(result.seconds, 2),
+        "last_loss": result.losses[steps[-1]] if steps else None,
+        "first_step": steps[0] if steps else result.step,  # `losses` are those of steps first_step, ...
+        "losses": [result.losses[s] for s in steps],
+    }
+
+
+def result_from_summary(s: dict) -> TrainResult:
+    losses = dict(enumerate(s["losses"], start=s["first_step"]))
+    return TrainResult(s["status"], s["step"], losses, s["model"], s["mlflow_run_id"], s["seconds"])
+
+
+def train(cfg: TrainConfig, nproc: int = 1, progress: bool = True) -> tuple[TrainResult, bool]:
+    """(result, is_main). `is_main` is False on the ranks of a job other than 0 (they print nothing)."""
+    if nproc <= 1 or in_a_job():
         trainer = Trainer(cfg, progress=progress)
         try:
-            return trainer.train()
+            return trainer.train(), trainer.is_main
         finally:
             trainer.close()
+    if nproc % cfg.tp:
+        raise ValueError(f"tp={cfg.tp} must divide --nproc {nproc}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     config = out / "train_config.json"
     config.write_text(json.dumps(cfg.to_dict(), indent=2))
     argv = train_argv(cfg.stage, str(config), quiet=not progress)
     proc = torchrun(argv, nproc, capture="stdout")  # rank 0's progress bar and log lines stream through
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cfg.stage} on {nproc} processes failed (exit {proc.returncode}; see above)")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        raise RuntimeError(f"{cfg.stage} on {nproc} processes printed no summary:\n{proc.stdout[-2000:]}")
-    s = json.loads(lines[-1])
-    losses = dict(enumerate(s["losses"], start=s["first_step"]))
-    return TrainResult(s["status"], s["step"], losses, s["model"], s["mlflow_run_id"], s["seconds"])
+    result = result_from_summary(json.loads(lines[-1])) if lines else None
+    # a preempted job exits non-zero (torchrun reports its workers' 143) with rank 0's summary printed
+    if result is None or (proc.returncode != 0 and result.status == "finished"):
+        tail = proc.stdout[-2000:]
+        raise RuntimeError(f"{cfg.stage} on {nproc} processes failed (exit {proc.returncode}):\n{tail}")
+    return result, True

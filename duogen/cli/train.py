@@ -5,23 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-
-
-def _in_a_job() -> bool:
-    """Started by torchrun or a PyTorchJob (its operator sets MASTER_ADDR, RANK, WORLD_SIZE)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def _spawn(args: argparse.Namespace, tp: int) -> int:
-    """This same command in `--nproc` local processes under torchrun (output streams here)."""
-    from duogen.platform.launch import torchrun, train_argv
-
-    if args.nproc % tp:
-        raise SystemExit(f"duogen train: error: tp={tp} must divide --nproc {args.nproc}")
-    argv = train_argv(args.stage, args.config, args.set or [], args.quiet)
-    return torchrun(argv, nproc=args.nproc, capture=False).returncode
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -31,31 +15,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     parallelism); a process that is already part of a job (WORLD_SIZE > 1: a PyTorchJob pod, or a torchrun
     worker) joins it instead. Rank 0 prints one JSON summary line, with the loss of every step it ran."""
     from duogen.components.training.config import load_config
+    from duogen.components.training.run import summary, train
 
     cfg = load_config(args.config, [f"stage={args.stage}", *(args.set or [])])
-    if args.nproc > 1 and not _in_a_job():
-        return _spawn(args, cfg.tp)
-    from duogen.components.training.loop import Trainer
-
-    trainer = Trainer(cfg, progress=not args.quiet)
     try:
-        result = trainer.train()
-    finally:
-        trainer.close()
-    steps = sorted(result.losses)
-    summary = {
-        "stage": cfg.stage,
-        "status": result.status,
-        "step": result.step,
-        "model": result.model_dir,
-        "mlflow_run_id": result.run_id,
-        "seconds": round(result.seconds, 2),
-        "last_loss": result.losses[steps[-1]] if steps else None,
-        "first_step": steps[0] if steps else result.step,  # `losses` are those of steps first_step, ...
-        "losses": [result.losses[s] for s in steps],
-    }
-    if trainer.is_main:
-        print(json.dumps(summary))
+        result, is_main = train(cfg, args.nproc, progress=not args.quiet)
+    except ValueError as err:
+        raise SystemExit(f"duogen train: error: {err}") from err
+    if is_main:
+        print(json.dumps(summary(cfg, result)))
         sys.stdout.flush()
     return 0 if result.status == "finished" else 143  # 128 + SIGTERM: the pod was evicted, rerun to resume
 

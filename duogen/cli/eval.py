@@ -61,7 +61,10 @@ def cmd_eval_vlm(args: argparse.Namespace) -> int:
 
     from duogen.components.evaluation.vlm_judge import judge_items, make_judge, read_comm, read_items
 
-    items = list(read_comm(args.data) if args.benchmark == "comm" else read_items(args.data))
+    data = args.data
+    if args.model:
+        data = _answer_benchmark(args)
+    items = list(read_comm(data) if args.benchmark == "comm" else read_items(data))
     api_key = os.environ.get("DUOGEN_JUDGE_API_KEY")
     with (
         make_judge(args.base_url, args.judge_model, api_key, timeout=args.timeout) as backend,
@@ -74,6 +77,31 @@ def cmd_eval_vlm(args: argparse.Namespace) -> int:
     return _report(
         result, args, title, f"eval-{args.benchmark}", judged=len(result["records"]), items=len(items)
     )
+
+
+def _answer_benchmark(args: argparse.Namespace) -> str:
+    """--model: the pair answers the benchmark's instances first (resumable), the judge scores those."""
+    from tqdm import tqdm
+
+    from duogen.components.evaluation.interleavedbench import answer_instances, pair_answerer, read_instances
+    from duogen.model.generate import GenerationOptions
+    from duogen.model.pair import DuoGenPair
+
+    if args.benchmark != "interleavedbench":
+        raise DuoGenInputError(
+            "--model answers InterleavedBench instances; other benchmarks bring their answers"
+        )
+    instances = read_instances(args.data, args.images)
+    lacking = sum(bool(i.missing) for i in instances)
+    if lacking:
+        print(f"{lacking} of {len(instances)} instances name images that are missing", flush=True)
+    pair = DuoGenPair.from_pretrained(args.model)
+    options = GenerationOptions(
+        max_new_tokens=args.max_new_tokens, max_images=args.max_images, seed=args.seed
+    )
+    with tqdm(total=len(instances), desc="answering", unit="item", disable=args.quiet) as bar:
+        items = answer_instances(pair_answerer(pair, options), instances, f"{args.out}/answers", bar.update)
+    return str(items)
 
 
 def cmd_eval_elo(args: argparse.Namespace) -> int:
@@ -136,7 +164,20 @@ def add_eval(sub) -> None:
         "--benchmark", choices=["comm", "interleavedbench", "howto"], required=True, help="rubric"
     )
     vlm.add_argument(
-        "--data", required=True, help="CoMM results folder (comm), or an items.jsonl file (the other rubrics)"
+        "--data",
+        required=True,
+        help="CoMM results folder (comm), an items.jsonl file (the other rubrics), or with --model "
+        "InterleavedBench's interleaved_bench.json",
+    )
+    vlm.add_argument(
+        "--model", help="a saved pair that first answers the InterleavedBench instances in --data"
+    )
+    vlm.add_argument("--images", help="InterleavedBench's unzipped images folder (default: beside --data)")
+    vlm.add_argument(
+        "--max-new-tokens", type=int, default=256, help="tokens per answer with --model (default: 256)"
+    )
+    vlm.add_argument(
+        "--max-images", type=int, default=4, help="pictures per answer with --model (default: 4)"
     )
     vlm.add_argument("--base-url", required=True, help="the judge's OpenAI-compatible base URL (.../v1)")
     vlm.add_argument(

@@ -59,14 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     info.set_defaults(func=cmd_info)
 
-    from duogen.platform.cli_generate import add_generate
+    from duogen.cli.generate import add_generate
 
     add_generate(sub)
 
-    from duogen.platform.cli_curate import add_curate
-    from duogen.platform.cli_eval import add_eval
-    from duogen.platform.cli_serve import add_serve
-    from duogen.platform.cli_train import add_train
+    from duogen.cli.curate import add_curate
+    from duogen.cli.eval import add_eval
+    from duogen.cli.serve import add_serve
+    from duogen.cli.train import add_train
 
     add_curate(sub)
     add_train(sub)
@@ -90,7 +90,3 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "quiet", False) and not getattr(args, "json", False):
         print(f"done in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
