@@ -98,3 +98,32 @@ def dcp_reader(path: str | os.PathLike):
     from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
 
     return FsspecReader(str(path), **storage_options(str(path)))
+
+
+def local_dir(uri: str | os.PathLike, scratch: str | os.PathLike) -> Path:
+    """A local folder with what `uri` holds: the folder itself when local, else a copy under `scratch`
+    (copied once; a rerun reuses it)."""
+    if not is_url(uri):
+        return Path(join(uri))
+    target = Path(scratch)
+    done = target / ".complete"
+    if not done.exists():
+        fs, inner = filesystem(uri)
+        target.mkdir(parents=True, exist_ok=True)
+        fs.get(inner.rstrip("/") + "/", str(target), recursive=True)
+        done.write_text(str(uri))
+    return target
+
+
+def publish_dir(local: str | os.PathLike, uri: str | os.PathLike) -> str:
+    """Put a finished local folder at `uri` (nothing to do when `uri` is that folder); returns `uri`."""
+    if not is_url(uri):
+        target = Path(join(uri))
+        if target.resolve() != Path(local).resolve():
+            import shutil
+
+            shutil.copytree(local, target, dirs_exist_ok=True)
+        return str(target)
+    fs, inner = filesystem(uri)
+    fs.put(str(local).rstrip("/") + "/", inner.rstrip("/"), recursive=True)
+    return str(uri)

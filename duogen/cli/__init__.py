@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from duogen.cli.curate import add_curate
     from duogen.cli.eval import add_eval
+    from duogen.cli.pipeline import add_pipeline
+    from duogen.cli.registry import add_registry
     from duogen.cli.serve import add_serve
     from duogen.cli.train import add_train
 
@@ -72,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_serve(sub)
     add_eval(sub)
+    add_pipeline(sub)
+    add_registry(sub)
     return parser
 
 

@@ -1,0 +1,63 @@
+from kfp import dsl
+
+from . import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def plan_curation(
+    world: str,
+    run_name: str,
+    sources: list[str],
+    shards: int,
+    synthetic_per_seed: int,
+    alignment: str,
+    seed: int,
+) -> list[dict]:
+    """The fan-out: up to `shards` parts per source (one task each)."""
+    from duogen.components.curation.fanout import CurationPlan, parts
+    from duogen.platform.steps import input_dir
+
+    local = str(input_dir(world, run_name, "toyworld"))
+    return parts(CurationPlan(local, synthetic_per_seed, alignment, seed=seed), sources, shards)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def curate(
+    item: dict, world: str, root: str, run_name: str, synthetic_per_seed: int, alignment: str, seed: int
+) -> str:
+    """One part of one source's curation; returns a JSON record {source, uri, counters}."""
+    import json
+
+    from duogen.components.curation.fanout import CurationPlan, curate_part
+    from duogen.platform.steps import input_dir, once, step_uri
+
+    local = str(input_dir(world, run_name, "toyworld"))
+    p = CurationPlan(local, synthetic_per_seed, alignment, seed=seed)
+    step = f"curate-{item['source']}-{item['part']}of{item['parts']}"
+    report = once(
+        root, run_name, step, lambda out: curate_part(p, item["source"], item["part"], item["parts"], out)
+    )
+    return json.dumps({"source": item["source"], "uri": step_uri(root, run_name, step), "report": report})
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def dataset_manifest(parts: list[str], root: str, run_name: str) -> str:
+    """Every curated part in one manifest (shard folders per source, counters): the training data's URI."""
+    import json
+    from collections import Counter
+
+    from duogen.platform import storage
+    from duogen.platform.steps import step_uri
+
+    sources: dict = {}
+    counters: dict = {}
+    for text in parts:
+        part = json.loads(text)
+        sources.setdefault(part["source"], []).append(part["uri"])
+        counters[part["source"]] = dict(
+            Counter(counters.get(part["source"], {})) + Counter(part["report"]["counters"])
+        )
+    manifest = {"sources": {k: sorted(v) for k, v in sorted(sources.items())}, "counters": counters}
+    uri = storage.join(step_uri(root, run_name, "dataset"), "manifest.json")
+    storage.write_text(uri, json.dumps(manifest, indent=2))
+    return uri

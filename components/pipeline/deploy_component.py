@@ -1,0 +1,21 @@
+from kfp import dsl
+
+from . import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def deploy(model_name: str, alias: str, root: str, run_name: str, tracking_uri: str, seed: int) -> str:
+    """Serve `models:/NAME@ALIAS` with the project's predictor on this machine, answer one request over
+    HTTP, and save the answer as an HTML page; returns the page's URI."""
+    from duogen.components.serving.local_deploy import serve_and_ask
+    from duogen.platform.steps import once, step_uri
+
+    env = {"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {}
+
+    def work(out):
+        cache = {"DUOGEN_MODEL_CACHE": str(out / "model-cache")}  # this run's download, not a stale one
+        return serve_and_ask(f"models:/{model_name}@{alias}", out / "answer.html", env=env | cache, seed=seed)
+
+    answer = once(root, run_name, f"deploy-{alias}", work)
+    print(f"answered over HTTP with {answer['images']} picture(s): {answer['text'][:200]!r}")
+    return f"{step_uri(root, run_name, f'deploy-{alias}')}/answer.html"

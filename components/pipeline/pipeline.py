@@ -1,0 +1,146 @@
+"""The DuoGen pipeline, top to bottom as the data flows: toy world -> curation (fanned out over shards) ->
+Stage 1 -> Stage 2 -> evaluation -> registration -> gated promotion -> deployment.
+
+Every parameter has a default that works on the embedded toy world; on a cluster users set the storage
+root (`s3://...`), the MLflow server, the launcher's nodes / GPUs / TP / FP8, steps and gates in the KFP UI.
+"""
+
+from kfp import dsl
+
+from .curate_component import curate, dataset_manifest, plan_curation
+from .deploy_component import deploy
+from .evaluate_component import evaluate
+from .registry_components import promote, register
+from .toyworld_component import toyworld
+from .train_component import train
+
+DEFAULT_GATES = {"t_com": 0.5, "i_com": 0.9}
+
+
+@dsl.pipeline(
+    name="duogen", description="Curate, train (Stage 1, Stage 2), evaluate, register, promote, deploy."
+)
+def duogen_pipeline(
+    root: str = "outputs/pipeline",
+    run_name: str = "toy",
+    tracking_uri: str = "",
+    experiment: str = "duogen-pipeline",
+    model_name: str = "duogen-toy",
+    preset: str = "toy",
+    pages: int = 60,
+    videos: int = 8,
+    sources: list[str] = ["web", "video", "synthetic", "alignment"],
+    shards: int = 2,
+    synthetic_per_seed: int = 40,
+    alignment_data: str = "",
+    stage1_steps: int = 1500,
+    stage1_lr: float = 3e-3,
+    stage2_steps: int = 300,
+    stage2_lr: float = 1e-3,
+    batch_size: int = 4,
+    nodes: int = 1,
+    nproc_per_node: int = 2,
+    gpus_per_node: int = 0,
+    tp: int = 1,
+    fp8: bool = False,
+    eval_tasks: int = 20,
+    gates: dict = DEFAULT_GATES,
+    alias: str = "champion",
+    deploy_model: bool = True,
+    seed: int = 0,
+):
+    world = toyworld(root=root, run_name=run_name, pages=pages, videos=videos, seed=seed)
+    world.set_display_name("toy world")
+
+    planned = plan_curation(
+        world=world.output,
+        run_name=run_name,
+        sources=sources,
+        shards=shards,
+        synthetic_per_seed=synthetic_per_seed,
+        alignment=alignment_data,
+        seed=seed,
+    )
+    with dsl.ParallelFor(planned.output, name="curation-parts") as item:
+        part = curate(
+            item=item,
+            world=world.output,
+            root=root,
+            run_name=run_name,
+            synthetic_per_seed=synthetic_per_seed,
+            alignment=alignment_data,
+            seed=seed,
+        )
+    manifest = dataset_manifest(parts=dsl.Collected(part.output), root=root, run_name=run_name)
+
+    launch = dict(
+        root=root,
+        run_name=run_name,
+        batch_size=batch_size,
+        nodes=nodes,
+        nproc_per_node=nproc_per_node,
+        gpus_per_node=gpus_per_node,
+        tp=tp,
+        fp8=fp8,
+        seed=seed,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    )
+    stage1 = train(
+        stage="stage1", manifest=manifest.output, model=preset, steps=stage1_steps, lr=stage1_lr, **launch
+    )
+    stage1.set_display_name("Stage 1 (MLLM)")
+    stage2 = train(
+        stage="stage2",
+        manifest=manifest.output,
+        model=stage1.outputs["model"],
+        steps=stage2_steps,
+        lr=stage2_lr,
+        **launch,
+    )
+    stage2.set_display_name("Stage 2 (connector + DiT)")
+
+    judged = evaluate(
+        pair=stage2.outputs["model"],
+        root=root,
+        run_name=run_name,
+        tasks=eval_tasks,
+        seed=seed,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    )
+    registered = register(
+        pair=stage2.outputs["model"],
+        metrics=judged.outputs["metrics"],
+        report=judged.outputs["report"],
+        manifest=manifest.output,
+        stage1_run=stage1.outputs["mlflow_run_id"],
+        stage2_run=stage2.outputs["mlflow_run_id"],
+        model_name=model_name,
+        root=root,
+        run_name=run_name,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    )
+    promoted = promote(
+        name=registered.outputs["name"],
+        version=registered.outputs["version"],
+        alias=alias,
+        gates=gates,
+        root=root,
+        run_name=run_name,
+        tracking_uri=tracking_uri,
+    )
+    with dsl.If(deploy_model == True, name="deploy-on"):
+        with dsl.If(promoted.output == True, name="promoted"):
+            deploy(
+                model_name=model_name,
+                alias=alias,
+                root=root,
+                run_name=run_name,
+                tracking_uri=tracking_uri,
+                seed=seed,
+            )

@@ -1,0 +1,19 @@
+from kfp import dsl
+
+from . import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def toyworld(root: str, run_name: str, pages: int, videos: int, seed: int) -> str:
+    """The embedded toy world: noisy how-to pages and videos with their ground truth. Returns its URI."""
+    from duogen.components.toyworld.pages import make_site
+    from duogen.components.toyworld.videos import make_videos
+    from duogen.platform.steps import once, step_uri
+
+    def work(out):
+        make_site(out, pages, seed=seed, corrupt_pages=max(1, pages // 20))
+        make_videos(out, videos, seed=seed)
+        return {"pages": pages, "videos": videos}
+
+    once(root, run_name, "toyworld", work)
+    return step_uri(root, run_name, "toyworld")

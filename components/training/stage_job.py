@@ -1,0 +1,51 @@
+"""A training stage as a pipeline runs it: the data from a dataset manifest, the result a model folder.
+
+Stage 1 reads the dialogue sources (web, synthetic, alignment); Stage 2 reads every source with its mix.
+`launcher="local"` trains on this machine (in-process for one process, torchrun for more: the path a
+PyTorchJob's pods run); a cluster launcher is passed in by the caller and receives the same config.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from duogen.platform import storage
+
+from .config import TrainConfig
+from .loop import TrainResult
+from .run import train
+
+STAGE1_SOURCES = ("web", "synthetic", "alignment")
+
+
+def manifest_shards(manifest_uri: str, stage: str, local: Callable[[str], Path] | None = None) -> list[str]:
+    """The shard folders a stage reads (`local` turns an object-store URI into a local copy)."""
+    text = storage.read_text(manifest_uri)
+    if text is None:
+        raise FileNotFoundError(f"dataset manifest {manifest_uri} does not exist")
+    sources = json.loads(text)["sources"]
+    names = [s for s in sources if stage == "stage2" or s in STAGE1_SOURCES]
+    uris = [u for s in names for u in sources[s]]
+    return [str(local(u)) if local and storage.is_url(u) else u for u in uris]
+
+
+def train_stage(
+    cfg: TrainConfig,
+    nproc: int = 1,
+    launcher: Callable[[TrainConfig], TrainResult] | None = None,
+) -> dict[str, Any]:
+    """Train to the end (a rerun resumes from the stage's checkpoints); a stage that did not finish is an
+    error naming its status, so the pipeline step fails instead of registering half a model."""
+    result = launcher(cfg) if launcher else train(cfg, nproc, progress=False)[0]
+    if result.status != "finished" or not result.model_dir:
+        raise RuntimeError(f"{cfg.stage} stopped at step {result.step} ({result.status}); rerun to resume")
+    losses = result.losses
+    return {
+        "model": result.model_dir,
+        "mlflow_run_id": result.run_id,
+        "step": result.step,
+        "last_loss": losses[max(losses)] if losses else None,
+    }

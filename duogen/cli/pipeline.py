@@ -1,0 +1,105 @@
+"""`duogen pipeline compile|run|submit`: the KFP pipeline (`components/pipeline/pipeline.py`) as a file for
+the Kubeflow Pipelines UI, on this machine, or on a KFP API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _set(items: list[str] | None) -> dict:
+    """`--set key=value` pipeline arguments; values are JSON when they parse (numbers, lists, dicts)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"duogen pipeline: error: --set {item!r} is not KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    """Compile the pipeline to the YAML users upload in the Kubeflow Pipelines UI."""
+    from duogen.components.pipeline.pipeline import duogen_pipeline
+    from duogen.platform.kfp_runner import compile_pipeline
+
+    print(compile_pipeline(duogen_pipeline, args.output))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The whole pipeline on this machine on the embedded toy world (KFP's local subprocess runner): toy
+    world, curation, Stage 1, Stage 2, evaluation, registration in a sqlite MLflow, gated promotion, then
+    the promoted model served on 127.0.0.1 answers one request, saved as OUT/toy/deploy-champion/answer.html.
+    A rerun with the same --out and run name redoes only unfinished steps."""
+    from duogen.components.pipeline.pipeline import duogen_pipeline
+    from duogen.platform.kfp_runner import local_arguments, run_local
+
+    if not args.local:
+        raise SystemExit("duogen pipeline run: error: only --local runs here; use `submit` for a KFP API")
+    overrides = {"run_name": args.run_name, **_set(args.set)}
+    arguments = local_arguments(args.out, args.size, overrides)
+    summary = run_local(duogen_pipeline, arguments, args.out)
+    steps = summary["steps"]
+    line = {
+        "total_seconds": summary["total_seconds"],
+        "step_seconds": {k: v["seconds"] for k, v in steps.items()},
+    }
+    for name, record in steps.items():
+        if name.startswith("promote-"):
+            line["promoted"] = record["outputs"]["promoted"]
+            line["promotion"] = record["outputs"]
+        if name.startswith("deploy-"):
+            line["answer_page"] = record["outputs"]["page"]
+        if name == "evaluate":
+            line["metrics"] = record["outputs"]["metrics"]
+        if name == "register":
+            line["model_version"] = f"{record['outputs']['name']}/{record['outputs']['version']}"
+    line["mlflow"] = arguments["tracking_uri"]
+    print(json.dumps(line))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Start a run on a Kubeflow Pipelines API (kfp.Client); prints the run id."""
+    from duogen.components.pipeline.pipeline import duogen_pipeline
+    from duogen.platform.kfp_runner import compile_pipeline, submit
+
+    package = args.package or compile_pipeline(duogen_pipeline, "duogen-pipeline.yaml")
+    run_id = submit(package, args.host, _set(args.set), args.run_name, args.experiment, args.namespace)
+    print(json.dumps({"run_id": run_id, "host": args.host}))
+    return 0
+
+
+def add_pipeline(sub) -> None:
+    p = sub.add_parser(
+        "pipeline", help="the Kubeflow pipeline: compile, run locally, submit", description=__doc__
+    )
+    kinds = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = kinds.add_parser(
+        "compile", help="write the pipeline YAML for the KFP UI", description=cmd_compile.__doc__
+    )
+    c.add_argument("-o", "--output", default="duogen-pipeline.yaml", help="(default: duogen-pipeline.yaml)")
+    c.set_defaults(func=cmd_compile)
+    r = kinds.add_parser("run", help="run the whole pipeline", description=cmd_run.__doc__)
+    r.add_argument("--local", action="store_true", help="on this machine (KFP's subprocess runner)")
+    r.add_argument(
+        "--out", default="outputs/pipeline", help="storage root and MLflow (default: outputs/pipeline)"
+    )
+    r.add_argument(
+        "--size", choices=["default", "small"], default="default", help="small: every step, CI-sized"
+    )
+    r.add_argument("--run-name", default="toy", help="folder of this run under --out (default: toy)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="a pipeline parameter (repeatable)")
+    r.set_defaults(func=cmd_run)
+    s = kinds.add_parser("submit", help="start a run on a KFP API", description=cmd_submit.__doc__)
+    s.add_argument("--host", required=True, help="the KFP API, e.g. http://ml-pipeline-ui.kubeflow")
+    s.add_argument("--package", help="a compiled pipeline (default: compile one now)")
+    s.add_argument("--run-name", default=None, help="the run's name in the UI")
+    s.add_argument("--experiment", default="duogen", help="KFP experiment (default: duogen)")
+    s.add_argument("--namespace", default=None, help="the user's profile namespace (multi-user Kubeflow)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="a pipeline parameter (repeatable)")
+    s.set_defaults(func=cmd_submit)

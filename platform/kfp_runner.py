@@ -1,0 +1,112 @@
+"""Running a KFP pipeline: compiled for the Kubeflow Pipelines UI, submitted to a KFP API, or run on this
+machine through `kfp.local.SubprocessRunner` (each step a subprocess of this Python, as a pod would run it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import steps, storage
+
+SIZES: dict[str, dict[str, Any]] = {
+    # the README's main job: every stage at the size that makes the answer read right (~15 min on 2 cores)
+    "default": {},
+    # the same pipeline at its smallest useful size (CI): every step runs, nothing is learned
+    "small": {
+        "pages": 12,
+        "videos": 2,
+        "shards": 1,
+        "synthetic_per_seed": 4,
+        "stage1_steps": 30,
+        "stage2_steps": 10,
+        "eval_tasks": 2,
+        "gates": {},
+    },
+}
+
+
+def compile_pipeline(pipeline: Callable, path: str | Path) -> Path:
+    from kfp import compiler
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(pipeline, str(path))
+    return path
+
+
+def local_arguments(out: str | Path, size: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Arguments of a local run: storage and a sqlite MLflow under `out` unless given."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    out = Path(out).resolve()
+    args = {"root": str(out), "tracking_uri": f"sqlite:///{out / 'mlflow.db'}", **SIZES[size]}
+    return args | {k: v for k, v in overrides.items() if v is not None}
+
+
+def _experiment(tracking_uri: str, name: str, artifacts: str) -> None:
+    """Created here with its artifact location (a sqlite store would put artifacts in ./mlruns of every
+    step's working folder)."""
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.get_experiment_by_name(name) is None:
+        mlflow.create_experiment(name, artifact_location=artifacts)
+
+
+def run_local(pipeline: Callable, arguments: dict[str, Any], out: str | Path) -> dict[str, Any]:
+    """Run the pipeline here; a rerun with the same root and run name redoes only unfinished steps.
+    Returns every step's record (outputs and seconds of work) and the total seconds."""
+    from kfp import local
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if arguments.get("tracking_uri", "").startswith("sqlite:"):
+        artifacts = arguments.get("artifacts") or (out / "mlartifacts").as_uri()
+        _experiment(arguments["tracking_uri"], arguments.get("experiment", "duogen-pipeline"), artifacts)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"))
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # the steps' image is the project's own, which the subprocess runner takes for non-Python
+        warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
+        pipeline(**arguments)
+    total = time.perf_counter() - start
+    root, run = arguments.get("root", str(out)), arguments.get("run_name", "toy")
+    summary = {"total_seconds": round(total, 2), "steps": step_records(root, run)}
+    storage.write_text(storage.join(root, run, "run_summary.json"), json.dumps(summary, indent=2))
+    return summary
+
+
+def step_records(root: str, run: str) -> dict[str, Any]:
+    """Every finished step's record under ROOT/RUN (name -> outputs and seconds)."""
+    fs, inner = storage.filesystem(storage.join(root, run))
+    out = {}
+    for path in sorted(fs.glob(f"{inner.rstrip('/')}/*/{steps.RECORD}")):
+        name = path.rstrip("/").rsplit("/", 2)[-2]
+        out[name] = json.loads(fs.cat_file(path).decode())
+    return out
+
+
+def submit(
+    package: str | Path,
+    host: str,
+    arguments: dict[str, Any],
+    run_name: str | None = None,
+    experiment: str | None = None,
+    namespace: str | None = None,
+    token: str | None = None,
+) -> str:
+    """Start a run of a compiled pipeline on a KFP API (`kfp.Client`); returns the run id."""
+    import kfp
+
+    client = kfp.Client(host=host, existing_token=token, namespace=namespace)
+    run = client.create_run_from_pipeline_package(
+        str(package), arguments=arguments, run_name=run_name, experiment_name=experiment, namespace=namespace
+    )
+    return run.run_id

@@ -1,0 +1,59 @@
+"""A pipeline step's outputs live at `ROOT/RUN/STEP` (a local folder or an object-store prefix) with a
+`_step.json` written last: a step that finds its record returns the recorded outputs instead of running
+again, so a rerun of the same pipeline run (a retried task, a killed local run started again) redoes only
+unfinished steps. The record also keeps the seconds spent inside the stage's own work, which is how the
+orchestration overhead of a run is measured.
+
+Stage libraries write local folders; with an object-store root a step works in a scratch folder
+(`DUOGEN_SCRATCH`, default the system temp folder) and its folder is uploaded before the record is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import storage
+
+RECORD = "_step.json"
+
+
+def step_uri(root: str, run: str, step: str) -> str:
+    return storage.join(root, run, step)
+
+
+def scratch(run: str, step: str) -> Path:
+    base = Path(os.environ.get("DUOGEN_SCRATCH", Path(tempfile.gettempdir()) / "duogen-scratch"))
+    return base / run / step
+
+
+def record(root: str, run: str, step: str) -> dict[str, Any] | None:
+    text = storage.read_text(storage.join(step_uri(root, run, step), RECORD))
+    return json.loads(text) if text else None
+
+
+def once(root: str, run: str, step: str, work: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """`work(local_folder) -> outputs` unless this step already finished; returns the outputs."""
+    done = record(root, run, step)
+    if done is not None:
+        return done["outputs"]
+    uri = step_uri(root, run, step)
+    local = Path(uri) if not storage.is_url(uri) else scratch(run, step)
+    local.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    outputs = work(local)
+    if storage.is_url(uri):
+        storage.publish_dir(local, uri)
+    seconds = round(time.perf_counter() - start, 3)
+    storage.write_text(storage.join(uri, RECORD), json.dumps({"outputs": outputs, "seconds": seconds}))
+    return outputs
+
+
+def input_dir(uri: str, run: str, name: str) -> Path:
+    """A local folder with another step's outputs (a copy when they live in object storage)."""
+    return storage.local_dir(uri, scratch(run, "inputs") / name)
