@@ -33,11 +33,10 @@ def curate(
 
     local = str(input_dir(world, run_name, "toyworld"))
     p = CurationPlan(local, synthetic_per_seed, alignment, seed=seed)
-    step = f"curate-{item['source']}-{item['part']}of{item['parts']}"
-    report = once(
-        root, run_name, step, lambda out: curate_part(p, item["source"], item["part"], item["parts"], out)
-    )
-    return json.dumps({"source": item["source"], "uri": step_uri(root, run_name, step), "report": report})
+    source, part, parts = item["source"], int(item["part"]), int(item["parts"])  # numbers arrive as floats
+    step = f"curate-{source}-{part}of{parts}"
+    report = once(root, run_name, step, lambda out: curate_part(p, source, part, parts, out))
+    return json.dumps({"source": source, "uri": step_uri(root, run_name, step), "report": report})
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
