@@ -38,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from duogen.components.pipeline.pipeline import duogen_pipeline
     from duogen.platform.kfp_runner import local_arguments, run_local
 
-    if not args.local:
+    if not args.local and args.action != "main":
         raise SystemExit("duogen pipeline run: error: only --local runs here; use `submit` for a KFP API")
     overrides = {"run_name": args.run_name, **_set(args.set)}
     arguments = local_arguments(args.out, args.size, overrides)
@@ -74,6 +74,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_arguments(r: argparse.ArgumentParser) -> None:
+    r.add_argument(
+        "--out", default="outputs/pipeline", help="storage root and MLflow (default: outputs/pipeline)"
+    )
+    r.add_argument(
+        "--size", choices=["default", "small"], default="default", help="small: every step, CI-sized"
+    )
+    r.add_argument("--run-name", default="toy", help="folder of this run under --out (default: toy)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="a pipeline parameter (repeatable)")
+    r.set_defaults(func=cmd_run)
+
+
 def add_pipeline(sub) -> None:
     p = sub.add_parser(
         "pipeline", help="the Kubeflow pipeline: compile, run locally, submit", description=__doc__
@@ -86,15 +98,12 @@ def add_pipeline(sub) -> None:
     c.set_defaults(func=cmd_compile)
     r = kinds.add_parser("run", help="run the whole pipeline", description=cmd_run.__doc__)
     r.add_argument("--local", action="store_true", help="on this machine (KFP's subprocess runner)")
-    r.add_argument(
-        "--out", default="outputs/pipeline", help="storage root and MLflow (default: outputs/pipeline)"
+    _run_arguments(r)
+    main = sub.add_parser(
+        "run", help="the main job: `duogen pipeline run --local`", description=cmd_run.__doc__
     )
-    r.add_argument(
-        "--size", choices=["default", "small"], default="default", help="small: every step, CI-sized"
-    )
-    r.add_argument("--run-name", default="toy", help="folder of this run under --out (default: toy)")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="a pipeline parameter (repeatable)")
-    r.set_defaults(func=cmd_run)
+    _run_arguments(main)
+    main.set_defaults(action="main", local=True)
     s = kinds.add_parser("submit", help="start a run on a KFP API", description=cmd_submit.__doc__)
     s.add_argument("--host", required=True, help="the KFP API, e.g. http://ml-pipeline-ui.kubeflow")
     s.add_argument("--package", help="a compiled pipeline (default: compile one now)")

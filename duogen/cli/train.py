@@ -28,47 +28,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if result.status == "finished" else 143  # 128 + SIGTERM: the pod was evicted, rerun to resume
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """The main job on this machine: toy world -> data engine -> Stage 1 -> Stage 2 -> an answer page."""
-    from duogen.components.local_run import LocalRunConfig, run_local
-
-    cfg = LocalRunConfig(
-        out=args.out,
-        preset=args.preset,
-        pages=args.pages,
-        videos=args.videos,
-        stage1_steps=args.stage1_steps,
-        stage2_steps=args.stage2_steps,
-        processes=args.processes,
-        train_processes=args.train_processes,
-        seed=args.seed,
-    )
-    print(json.dumps(run_local(cfg)))
-    return 0
-
-
 def add_train(sub) -> None:
-    run = sub.add_parser(
-        "run",
-        help="the whole pipeline on this machine, on the embedded toy world",
-        description=cmd_run.__doc__,
-    )
-    run.add_argument("--out", default="outputs/run", help="output folder (a rerun resumes)")
-    run.add_argument("--preset", default="toy", help="model preset (default: toy)")
-    run.add_argument("--pages", type=int, default=60, help="toy-world how-to pages (default: 60)")
-    run.add_argument("--videos", type=int, default=8, help="toy-world videos (default: 8)")
-    run.add_argument("--stage1-steps", type=int, default=1500, help="Stage-1 steps (default: 1500)")
-    run.add_argument("--stage2-steps", type=int, default=300, help="Stage-2 steps (default: 300)")
-    run.add_argument("--processes", type=int, default=2, help="data-engine worker processes (default: 2)")
-    run.add_argument(
-        "--train-processes",
-        type=int,
-        default=2,
-        help="data-parallel training processes, torchrun on 127.0.0.1 (default: 2; 1 trains in-process)",
-    )
-    run.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    run.set_defaults(func=cmd_run)
-
     train = sub.add_parser(
         "train", help="train Stage 1 (MLLM) or Stage 2 (connector + DiT)", description=cmd_train.__doc__
     )

@@ -1,8 +1,8 @@
 """Toy-world learning benchmark: does the `toy` pair learn the toy world on this CPU? Prints one JSON line.
 
-One run of the main job (`run_local`: toy world -> data engine shards -> Stage 1 -> Stage 2) with the settings
-below, into a fresh folder, then the trained pair is judged on held-out dialogues: the synthetic stage's
-evaluation split (held out by a hash of the request text; the trainer never sees it), whose toy tasks are
+One run of the main job (the local pipeline: toy world -> data engine shards -> Stage 1 -> Stage 2; no deploy)
+with the settings below, into a fresh folder, then the trained pair is judged on held-out dialogues: the
+synthetic stage's evaluation split (held out by a hash of the request text; the trainer never sees it), whose toy tasks are
 re-derived from the same seeded prompt-pool expansion, so the truth scene of every step is known exactly.
 
 Metrics (all measured in this run; the judge is `duogen.components.evaluation.toyworld_teacher`):
@@ -43,10 +43,11 @@ from duogen.components.curation.synthetic import instruction_id, plan_instructio
 from duogen.components.curation.synthetic_generators import instruction_task
 from duogen.components.curation.synthetic_pool import Instruction
 from duogen.components.evaluation.toyworld_teacher import evaluate_teacher_forced
-from duogen.components.local_run import LocalRunConfig, run_local
+from duogen.components.pipeline.pipeline import duogen_pipeline
 from duogen.components.training.data import iter_samples
 from duogen.components.training.loop import shard_files
 from duogen.model.pair import DuoGenPair
+from duogen.platform.kfp_runner import local_arguments, run_local
 from duogen.platform.launch import torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,22 +64,19 @@ SETTINGS = {
     "batch_size": 4,
     "stage1_lr": 3e-3,
     "stage2_lr": 1e-3,
-    "text_dropout": 0.1,
 }
-# The Stage-2 data mix is LocalRunConfig's default (mostly the exact synthetic dialogues).
+# The Stage-2 data mix is the pipeline's (mostly the exact synthetic dialogues).
 
 
 # ---------------------------------------------------------------------------------------- held-out set
 
 
-def held_out(cfg: LocalRunConfig):
+def held_out(run: Path, per_seed: int, seed: int = 0):
     """(sample, images, task) of the synthetic stage's evaluation split, as the data engine wrote them."""
-    instructions = [
-        Instruction.from_dict(d) for d in plan_instructions(per_seed=cfg.synthetic_per_seed, seed=cfg.seed)
-    ]
+    instructions = [Instruction.from_dict(d) for d in plan_instructions(per_seed=per_seed, seed=seed)]
     tasks = {instruction_id(i): instruction_task(i) for i in instructions if i.split == "eval"}
     out = []
-    for sample, images in iter_samples(shard_files([str(Path(cfg.out) / "shards" / "synthetic")])):
+    for sample, images in iter_samples(shard_files([str(p) for p in sorted(run.glob("curate-synthetic-*"))])):
         if sample.lineage.stages.get("split") == "eval" and tasks.get(sample.id) is not None:
             out.append((sample, images, tasks[sample.id]))
     if not out:
@@ -120,28 +118,30 @@ def main() -> None:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="toyworld_learning_"))
     if args.out and out.exists():
         shutil.rmtree(out)  # a fresh run: resuming would hide the training time
-    cfg = LocalRunConfig(out=str(out), **{k: getattr(args, k) for k in SETTINGS})
+    settings = {k: getattr(args, k) for k in SETTINGS}
+    arguments = local_arguments(out, "default", {**settings, "eval_tasks": 1, "deploy_model": False})
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # the trainers' log lines: stdout holds only the result
-        summary = run_local(cfg, log=lambda m: print(m, file=sys.stderr))
-    dialogues = held_out(cfg)
+        summary = run_local(duogen_pipeline, arguments, out)
+    steps = summary["steps"]
+    dialogues = held_out(out / "toy", args.synthetic_per_seed)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
-        pair = DuoGenPair.from_pretrained(summary["model"]).eval()
-    scores = evaluate_teacher_forced(pair, dialogues, cfg.seed)
+        pair = DuoGenPair.from_pretrained(steps["stage2"]["outputs"]["model"]).eval()
+    scores = evaluate_teacher_forced(pair, dialogues, 0)
     eval_seconds = time.perf_counter() - t0
     tp_diff = tp_max_loss_diff()
     result = {
-        "stage1_minutes": round(summary["seconds"]["stage1"] / 60, 2),
-        "stage2_minutes": round(summary["seconds"]["stage2"] / 60, 2),
+        "stage1_minutes": round(steps["stage1"]["seconds"] / 60, 2),
+        "stage2_minutes": round(steps["stage2"]["seconds"] / 60, 2),
         **scores,
         "tp2_vs_tp1_max_loss_diff": tp_diff,
-        "stage1_last_loss": round(summary["stage1_last_loss"], 4),
-        "stage2_last_loss": round(summary["stage2_last_loss"], 4),
-        "train_samples": summary["samples"],
+        "stage1_last_loss": round(steps["stage1"]["outputs"]["last_loss"], 4),
+        "stage2_last_loss": round(steps["stage2"]["outputs"]["last_loss"], 4),
+        "train_samples": json.loads((out / "toy" / "dataset" / "manifest.json").read_text())["counters"],
         "eval_minutes": round(eval_seconds / 60, 2),
         "total_minutes": round((time.perf_counter() - start) / 60, 2),
-        "settings": {**{k: getattr(cfg, k) for k in SETTINGS}, "stage2_mix": cfg.stage2_mix},
+        "settings": settings,
     }
     if not args.out:
         shutil.rmtree(out, ignore_errors=True)
