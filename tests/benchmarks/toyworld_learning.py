@@ -2,8 +2,9 @@
 
 One run of the main job (the local pipeline: toy world -> data engine shards -> Stage 1 -> Stage 2; no deploy)
 with the settings below, into a fresh folder, then the trained pair is judged on held-out dialogues: the
-synthetic stage's evaluation split (held out by a hash of the request text; the trainer never sees it), whose toy tasks are
-re-derived from the same seeded prompt-pool expansion, so the truth scene of every step is known exactly.
+synthetic stage's evaluation split (held out by a hash of the request text; the trainer never sees it),
+whose toy tasks are re-derived from the same seeded prompt-pool expansion, so the truth scene of every step
+is known exactly.
 
 Metrics (all measured in this run; the judge is `duogen.components.evaluation.toyworld_teacher`):
 
