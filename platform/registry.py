@@ -66,7 +66,8 @@ def register_pair(
     if mlflow.get_experiment_by_name(experiment) is None:
         mlflow.create_experiment(experiment, artifact_location=artifact_location)
     mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name="register", tags={RUN_TAG: pipeline_run}) as run:
+    run_tags = {RUN_TAG: pipeline_run, "pipeline_run_id": lineage.get("kfp_run_id", "")}
+    with mlflow.start_run(run_name="register", tags=run_tags) as run:
         mlflow.log_metrics(metrics)
         mlflow.log_params({k: str(v)[:500] for k, v in lineage.items()})
         mlflow.log_artifacts(str(pair_dir), artifact_path="model")
@@ -126,6 +127,7 @@ def promote(
     except MlflowException as err:
         raise DuoGenInputError(f"no model version {name}/{version}: {err.message}") from None
     previous = model.aliases.get(alias)
+    previous = None if previous is None else str(previous)  # MLflow 3 gives version numbers as ints
     reasons = check_gates(version_metrics(v.tags), gates)
     decision = Decision(name, str(version), alias, not reasons, reasons, previous)
     if decision.promoted and previous != str(version):

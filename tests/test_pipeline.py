@@ -1,0 +1,209 @@
+"""The pipeline as users meet it: compiled for the KFP UI (and loaded back), and run on this machine through
+KFP's local subprocess runner by the main job's own command (`duogen run --size small`), killed during
+Stage 2 and started again. The MLflow store it leaves is read back: stage runs linked by the KFP run id,
+the registered version with its metrics and lineage, the alias decision, and the answer page the promoted
+model served over HTTP."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from duogen.components.pipeline.pipeline import duogen_pipeline
+
+DUOGEN = str(Path(sys.executable).parent / "duogen")
+STAGE2_STEPS = 120  # long enough to be killed after its first checkpoint (every 50 steps)
+
+
+def test_the_compiled_pipeline_loads_back_with_every_parameter(tmp_path):
+    from kfp.components import load_component_from_file
+
+    out = subprocess.run(
+        [DUOGEN, "pipeline", "compile", "-o", str(tmp_path / "p.yaml")], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    signature = inspect.signature(duogen_pipeline.pipeline_func)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == set(signature.parameters)
+    assert params["stage1_steps"]["defaultValue"] == signature.parameters["stage1_steps"].default
+    assert params["gates"]["defaultValue"] == {"t_com": 0.5, "i_com": 0.9}
+    # every component keeps the parameters of its function
+    from duogen.components.pipeline import (
+        curate_component,
+        deploy_component,
+        evaluate_component,
+        registry_components,
+        toyworld_component,
+        train_component,
+    )
+
+    functions = {
+        "comp-toyworld": toyworld_component.toyworld,
+        "comp-plan-curation": curate_component.plan_curation,
+        "comp-curate": curate_component.curate,
+        "comp-dataset-manifest": curate_component.dataset_manifest,
+        "comp-train": train_component.train,
+        "comp-evaluate": evaluate_component.evaluate,
+        "comp-register": registry_components.register,
+        "comp-promote": registry_components.promote,
+        "comp-deploy": deploy_component.deploy,
+    }
+    for name, component in functions.items():
+        declared = set(spec["components"][name]["inputDefinitions"]["parameters"])
+        assert declared == set(inspect.signature(component.python_func).parameters), name
+    tasks = spec["root"]["dag"]["tasks"]
+    assert "iteratorPolicy" not in json.dumps(tasks)  # fan-out unbounded: every shard a pod
+    assert tasks["for-loop-1"]["parameterIterator"]["items"]["inputParameter"].endswith(
+        "plan-curation-Output"
+    )
+    assert tasks["train-2"]["inputs"]["parameters"]["model"]["taskOutputParameter"]["producerTask"] == "train"
+    assert load_component_from_file(str(tmp_path / "p.yaml")).name == "duogen"
+
+
+def _run(out: Path, *extra: str, kill_when: Path | None = None) -> subprocess.CompletedProcess | None:
+    cmd = [
+        DUOGEN,
+        "run",
+        "--size",
+        "small",
+        "--out",
+        str(out),
+        "--set",
+        f"stage2_steps={STAGE2_STEPS}",
+        *extra,
+    ]
+    env = {**os.environ, "DUOGEN_SCRATCH": str(out / "scratch")}
+    if kill_when is None:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    with open(out.parent / "killed.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not kill_when.exists():
+        assert proc.poll() is None, (out.parent / "killed.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "Stage 2 never wrote a checkpoint"
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the machine goes away: no handler runs
+    proc.wait()
+    return None
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One local run killed during Stage 2, then the same command again (it finishes), then once more."""
+    out = tmp_path_factory.mktemp("pipeline") / "out"
+    out.mkdir()
+    _run(out, kill_when=out / "toy" / "stage2" / "checkpoints" / "latest")
+    records = {p.parent.name: p.stat().st_mtime_ns for p in (out / "toy").glob("*/_step.json")}
+    second = _run(out)
+    assert second.returncode == 0, second.stderr[-4000:]
+    third = _run(out)
+    assert third.returncode == 0, third.stderr[-4000:]
+    return {
+        "out": out,
+        "before": records,
+        "line": json.loads(second.stdout.strip().splitlines()[-1]),
+        "again": json.loads(third.stdout.strip().splitlines()[-1]),
+    }
+
+
+def _mlflow(out: Path):
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    return mlflow, mlflow.MlflowClient()
+
+
+def test_finished_steps_are_not_redone_and_stage2_resumes_from_its_checkpoint(run):
+    out, before = run["out"], run["before"]
+    assert {"toyworld", "stage1"} <= set(before)
+    assert "stage2" not in before  # killed during it
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "toy").glob("*/_step.json")}
+    assert all(after[name] == mtime for name, mtime in before.items())  # not redone
+    mlflow, client = _mlflow(out)
+    experiment = mlflow.get_experiment_by_name("duogen-pipeline")
+    stage2 = client.search_runs([experiment.experiment_id], "tags.stage = 'stage2'")
+    assert sorted(r.data.tags["resumed"] for r in stage2) == ["False", "True"]
+    resumed = next(r for r in stage2 if r.data.tags["resumed"] == "True")
+    steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "loss")]
+    # went on from a checkpoint (every 50 steps; steps count from 0) to the end
+    assert steps and min(steps) in (50, 100) and max(steps) == STAGE2_STEPS - 1
+    # the third run found everything done: the same answer, the same single version
+    assert run["again"]["model_version"] == run["line"]["model_version"] == "duogen-toy/1"
+    assert sum(run["again"]["step_seconds"].values()) == sum(run["line"]["step_seconds"].values())
+    assert len(client.search_model_versions("name = 'duogen-toy'")) == 1
+
+
+def test_the_store_holds_stage_runs_linked_by_the_kfp_run_id(run):
+    mlflow, client = _mlflow(run["out"])
+    experiment = mlflow.get_experiment_by_name("duogen-pipeline")
+    runs = client.search_runs([experiment.experiment_id])
+    by_name = {}
+    for r in runs:
+        by_name.setdefault(r.info.run_name, []).append(r)
+    assert {"stage1", "stage2", "evaluate", "register"} <= set(by_name)
+    finished_stage2 = next(r for r in by_name["stage2"] if r.data.tags["resumed"] == "True")
+    stage1, evaluate = by_name["stage1"][0], by_name["evaluate"][0]
+    # the first run's steps carry its KFP run id, the rerun's steps the rerun's
+    ids = {stage1.data.tags["pipeline_run_id"], finished_stage2.data.tags["pipeline_run_id"]}
+    assert all(ids) and len(ids) == 2
+    assert evaluate.data.tags["pipeline_run_id"] == finished_stage2.data.tags["pipeline_run_id"]
+    assert set(evaluate.data.metrics) >= {"t_com", "i_com", "i_co", "i_q", "t_com_ci_low"}
+
+
+def test_the_registered_version_carries_metrics_lineage_and_the_alias_decision(run):
+    out, line = run["out"], run["line"]
+    _, client = _mlflow(out)
+    version = client.get_model_version("duogen-toy", "1")
+    metrics = {
+        k.removeprefix("metric."): float(v) for k, v in version.tags.items() if k.startswith("metric.")
+    }
+    assert metrics == pytest.approx(line["metrics"]) and "t_com" in metrics
+    manifest = json.loads(Path(version.tags["lineage.dataset_manifest"]).read_text())
+    assert set(manifest["sources"]) == {"web", "video", "synthetic"}  # no alignment data was given
+    runs = client.search_runs([_exp(client)])
+    finished = [
+        r.info.run_id for r in runs if r.info.run_name == "stage2" and r.data.tags["resumed"] == "True"
+    ]
+    assert version.tags["lineage.stage2_run"] == finished[0]  # the run that finished, not the killed one
+    assert version.tags["lineage.stage1_run"] == next(
+        r.info.run_id for r in runs if r.info.run_name == "stage1"
+    )
+    register = next(r for r in runs if r.info.run_name == "register")
+    assert register.data.tags["pipeline_run_id"] == version.tags["lineage.kfp_run_id"] != ""
+    # the small size has no gates: the version is promoted, and the decision is kept
+    model = client.get_registered_model("duogen-toy")
+    assert {k: str(v) for k, v in model.aliases.items()} == {"champion": "1"} and line["promoted"] is True
+    assert version.tags["promotion.champion"] == "promoted"
+    history = json.loads(model.tags["alias.champion.history"])
+    assert [h["version"] for h in history] == ["1"] and history[0]["previous"] is None
+    local = Path(version.source.removeprefix("file://"))
+    assert (local / "duogen_config.json").exists() and (local / "dit").is_dir()
+
+
+def _exp(client) -> str:
+    return client.get_experiment_by_name("duogen-pipeline").experiment_id
+
+
+def test_the_promoted_model_answered_over_http_and_the_answer_is_a_page(run):
+    out = run["out"]
+    record = json.loads((out / "toy" / "deploy-champion" / "_step.json").read_text())["outputs"]
+    page = Path(record["page"])
+    assert page == Path(run["line"]["answer_page"]) and page.exists()
+    html = page.read_text()
+    assert html.count("<img") == 1 + record["images"]  # the user's scene, then what the model drew
+    for sentence in filter(None, record["text"].split("\n")):
+        assert sentence.strip()[:40].replace("&", "&amp;") in html
+    log = page.with_suffix(".server.log").read_text()
+    assert re.search(r"POST /openai/v1/responses.*200", log)
