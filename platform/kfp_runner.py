@@ -60,15 +60,18 @@ def _experiment(tracking_uri: str, name: str, artifacts: str) -> None:
         mlflow.create_experiment(name, artifact_location=artifacts)
 
 
-def run_local(pipeline: Callable, arguments: dict[str, Any], out: str | Path) -> dict[str, Any]:
+def run_local(
+    pipeline: Callable, arguments: dict[str, Any], out: str | Path, artifacts: str | None = None
+) -> dict[str, Any]:
     """Run the pipeline here; a rerun with the same root and run name redoes only unfinished steps.
-    Returns every step's record (outputs and seconds of work) and the total seconds."""
+    `artifacts` is where a new sqlite-tracked experiment keeps MLflow artifacts (default OUT/mlartifacts;
+    `s3://...` works). Returns every step's record (outputs and seconds of work) and the total seconds."""
     from kfp import local
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if arguments.get("tracking_uri", "").startswith("sqlite:"):
-        artifacts = arguments.get("artifacts") or (out / "mlartifacts").as_uri()
+        artifacts = artifacts or (out / "mlartifacts").as_uri()
         _experiment(arguments["tracking_uri"], arguments.get("experiment", "duogen-pipeline"), artifacts)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"))
     start = time.perf_counter()

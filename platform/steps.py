@@ -10,6 +10,7 @@ Stage libraries write local folders; with an object-store root a step works in a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -27,9 +28,14 @@ def step_uri(root: str, run: str, step: str) -> str:
     return storage.join(root, run, step)
 
 
-def scratch(run: str, step: str) -> Path:
-    base = Path(os.environ.get("DUOGEN_SCRATCH", Path(tempfile.gettempdir()) / "duogen-scratch"))
-    return base / run / step
+def _base() -> Path:
+    return Path(os.environ.get("DUOGEN_SCRATCH", Path(tempfile.gettempdir()) / "duogen-scratch"))
+
+
+def scratch(root: str, run: str, step: str) -> Path:
+    """A local working folder for one step of one pipeline run (runs of the same name under other roots
+    get their own)."""
+    return _base() / hashlib.sha256(str(root).encode()).hexdigest()[:12] / run / step
 
 
 def record(root: str, run: str, step: str) -> dict[str, Any] | None:
@@ -43,7 +49,7 @@ def once(root: str, run: str, step: str, work: Callable[[Path], dict[str, Any]])
     if done is not None:
         return done["outputs"]
     uri = step_uri(root, run, step)
-    local = Path(uri) if not storage.is_url(uri) else scratch(run, step)
+    local = Path(uri) if not storage.is_url(uri) else scratch(root, run, step)
     local.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     outputs = work(local)
@@ -54,6 +60,6 @@ def once(root: str, run: str, step: str, work: Callable[[Path], dict[str, Any]])
     return outputs
 
 
-def input_dir(uri: str, run: str, name: str) -> Path:
-    """A local folder with another step's outputs (a copy when they live in object storage)."""
-    return storage.local_dir(uri, scratch(run, "inputs") / name)
+def input_dir(uri: str) -> Path:
+    """A local folder with another step's outputs (a copy, made once, when they live in object storage)."""
+    return storage.local_dir(uri, _base() / "inputs" / hashlib.sha256(str(uri).encode()).hexdigest()[:16])

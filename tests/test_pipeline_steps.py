@@ -80,5 +80,5 @@ def test_on_s3_a_step_works_locally_then_publishes_its_folder(tmp_path, monkeypa
         fs = s3.filesystem()
         assert fs.cat_file("runs/pipelines/r1/train/model.bin") == b"m"
         assert json.loads(fs.cat_file("runs/pipelines/r1/train/_step.json"))["outputs"] == {"ok": True}
-        copy = steps.input_dir(storage.join(root, "r1", "train"), "r2", "model")
+        copy = steps.input_dir(storage.join(root, "r1", "train"))
         assert (copy / "model.bin").read_bytes() == b"m" and copy.is_relative_to(tmp_path / "scratch")

@@ -17,7 +17,7 @@ def plan_curation(
     from duogen.components.curation.fanout import CurationPlan, parts
     from duogen.platform.steps import input_dir
 
-    local = str(input_dir(world, run_name, "toyworld"))
+    local = str(input_dir(world))
     return parts(CurationPlan(local, synthetic_per_seed, alignment, seed=seed), sources, shards)
 
 
@@ -31,7 +31,7 @@ def curate(
     from duogen.components.curation.fanout import CurationPlan, curate_part
     from duogen.platform.steps import input_dir, once, step_uri
 
-    local = str(input_dir(world, run_name, "toyworld"))
+    local = str(input_dir(world))
     p = CurationPlan(local, synthetic_per_seed, alignment, seed=seed)
     source, part, parts = item["source"], int(item["part"]), int(item["parts"])  # numbers arrive as floats
     step = f"curate-{source}-{part}of{parts}"

@@ -8,14 +8,20 @@ def deploy(model_name: str, alias: str, root: str, run_name: str, tracking_uri: 
     """Serve `models:/NAME@ALIAS` with the project's predictor on this machine, answer one request over
     HTTP, and save the answer as an HTML page; returns the page's URI."""
     from duogen.components.serving.local_deploy import serve_and_ask
-    from duogen.platform.steps import once, step_uri
+    from duogen.platform import storage
+    from duogen.platform.steps import once, scratch, step_uri
 
     env = {"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {}
 
+    uri = step_uri(root, run_name, f"deploy-{alias}")
+
     def work(out):
-        cache = {"DUOGEN_MODEL_CACHE": str(out / "model-cache")}  # this run's download, not a stale one
-        return serve_and_ask(f"models:/{model_name}@{alias}", out / "answer.html", env=env | cache, seed=seed)
+        cache = {"DUOGEN_MODEL_CACHE": str(scratch(root, run_name, "model-cache"))}  # this run's download
+        answer = serve_and_ask(
+            f"models:/{model_name}@{alias}", out / "answer.html", env=env | cache, seed=seed
+        )
+        return {**answer, "page": storage.join(uri, "answer.html")}
 
     answer = once(root, run_name, f"deploy-{alias}", work)
     print(f"answered over HTTP with {answer['images']} picture(s): {answer['text'][:200]!r}")
-    return f"{step_uri(root, run_name, f'deploy-{alias}')}/answer.html"
+    return answer["page"]

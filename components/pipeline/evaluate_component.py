@@ -25,7 +25,7 @@ def evaluate(
     from duogen.platform.steps import input_dir, once, step_uri
 
     def work(out):
-        model = DuoGenPair.from_pretrained(input_dir(pair, run_name, "pair"))
+        model = DuoGenPair.from_pretrained(input_dir(pair))
         result = evaluate_free_running(model, ToyEvalConfig(tasks=tasks, seed=seed))
         write_report(result, out, f"Toy-world evaluation ({run_name})")
         metrics = {k: v["mean"] for k, v in result["summary"].items() if v["n"] > 0}

@@ -31,7 +31,7 @@ def register(
     lineage |= {"eval_report": report, "kfp_run_id": kfp_run_id, "pair": pair}
 
     def work(out):
-        local = input_dir(pair, run_name, "pair")
+        local = input_dir(pair)
         r = register_pair(
             local, model_name, metrics, lineage, f"{root}#{run_name}", tracking_uri or None, experiment
         )

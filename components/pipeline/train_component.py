@@ -18,6 +18,8 @@ def train(
     nodes: int,
     nproc_per_node: int,
     gpus_per_node: int,
+    launcher: str,
+    cluster: dict,
     tp: int,
     fp8: bool,
     seed: int,
@@ -26,27 +28,30 @@ def train(
     kfp_run_id: str,
 ) -> NamedTuple("Trained", model=str, mlflow_run_id=str):
     """Stage 1 (MLLM) or Stage 2 (connector + DiT) on the manifest's shards; `model` is a preset name or a
-    previous stage's model URI. Returns the exported model's URI and the stage's MLflow run id."""
+    previous stage's model URI. `launcher`: "local" (torchrun here) or "pytorchjob" (a PyTorchJob in the
+    cluster; `cluster` overrides its settings: image, namespace, node_selector, tolerations, s3_secret, ...).
+    Returns the exported model's URI and the stage's MLflow run id."""
     from collections import namedtuple
 
     from duogen.components.training.config import TrainConfig
     from duogen.components.training.stage_job import manifest_shards, train_stage
     from duogen.platform import storage
-    from duogen.platform.steps import input_dir, once, step_uri
+    from duogen.platform.steps import once, step_uri
 
     uri = step_uri(root, run_name, stage)
-    if storage.is_url(model):
-        model = str(input_dir(model, run_name, f"{stage}-model"))
+    if launcher not in ("local", "pytorchjob"):
+        raise ValueError(f"launcher must be 'local' or 'pytorchjob', got {launcher!r}")
+    if launcher == "pytorchjob" and not storage.is_url(root):
+        raise ValueError(
+            "the pytorchjob launcher needs an object-store root (s3://...): pods do not share this disk"
+        )
 
     def work(out):
-        shards = manifest_shards(
-            manifest, stage, lambda u: input_dir(u, run_name, u.rstrip("/").rsplit("/", 1)[-1])
-        )
         stage2 = stage == "stage2"
         cfg = TrainConfig(
             stage=stage,
             model=model,
-            shards=shards,
+            shards=manifest_shards(manifest, stage),  # URIs: a local copy is made where training runs
             out=str(out),
             steps=steps,
             lr=lr,
@@ -63,8 +68,23 @@ def train(
             experiment=experiment,
             pipeline_run_id=kfp_run_id,
         )
-        result = train_stage(cfg, nproc=nodes * nproc_per_node)  # GPUs: the cluster launcher's limits
-        return {**result, "model": storage.join(uri, "model")}
+        if launcher == "local":
+            result = train_stage(cfg, nproc=nodes * nproc_per_node)
+            return {**result, "model": storage.join(uri, "model")}
+        import dataclasses
+
+        from duogen.components.training.run import result_from_summary
+        from duogen.platform.pytorchjob import ClusterSettings, job_name, launch
+
+        settings = ClusterSettings(
+            **{**cluster, "nodes": nodes, "nproc_per_node": nproc_per_node, "gpus_per_node": gpus_per_node}
+        )
+        pods = dataclasses.replace(cfg, out="/tmp/duogen-train", export_uri=storage.join(uri, "model"))
+        name = job_name(run_name, stage)
+        result = train_stage(
+            pods, launcher=lambda c: result_from_summary(launch(name, stage, c.to_dict(), settings))
+        )
+        return {**result, "model": storage.join(uri, "model"), "pytorchjob": name}
 
     out = once(root, run_name, stage, work)
     return namedtuple("Trained", ["model", "mlflow_run_id"])(out["model"], out["mlflow_run_id"] or "")

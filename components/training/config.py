@@ -41,6 +41,7 @@ class TrainConfig:
     tracking_uri: str | None = None  # MLflow; default: a sqlite file in `out`
     experiment: str = "duogen"
     pipeline_run_id: str | None = None
+    export_uri: str | None = None  # also publish the exported model here (s3://...; a pod's disk is lost)
 
     def __post_init__(self) -> None:
         if self.stage not in ("stage1", "stage2"):

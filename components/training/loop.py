@@ -19,10 +19,12 @@ dense weights gathered from the shards). A single process runs exactly as before
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import random
 import signal
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from duogen.model.mllm import DuoGenMLLM
 from duogen.model.pair import DuoGenPair
 from duogen.model.presets import PRESETS, get_preset
 from duogen.platform import storage
+from duogen.platform.model_store import local_pair_dir
 
 from . import checkpoint
 from .config import TrainConfig
@@ -64,9 +67,14 @@ class TrainResult:
     seconds: float
 
 
-def shard_files(paths: list[str]) -> list[Path]:
+def shard_files(paths: list[str], scratch: str | Path | None = None) -> list[Path]:
+    """Shard files of files or folders; `s3://` folders are copied once under `scratch` (a pod's disk)."""
     out: list[Path] = []
-    for p in map(Path, paths):
+    for text in paths:
+        p = Path(text)
+        if storage.is_url(text):
+            base = Path(scratch) if scratch else Path(tempfile.gettempdir()) / "duogen-shards"
+            p = storage.local_dir(text, base / hashlib.sha256(text.encode()).hexdigest()[:16])
         out += sorted(p.glob("shard-*.tar")) if p.is_dir() else [p]
     if not out:
         raise ValueError(f"no shards found in {paths}")
@@ -148,7 +156,7 @@ class Trainer:
         self.pair = (
             DuoGenPair.build(get_preset(cfg.model), seed=cfg.seed)
             if cfg.model in PRESETS
-            else DuoGenPair.from_pretrained(cfg.model)
+            else DuoGenPair.from_pretrained(local_pair_dir(cfg.model))
         )
         # The evaluation split (held out by hash in the synthetic stage) never trains.
         self.samples = [
@@ -338,6 +346,8 @@ class Trainer:
                 model_dir = self._export(out / "model")
                 if tracker:
                     tracker.artifacts(model_dir, "model")
+                if cfg.export_uri and self.is_main:  # a pod's disk goes with the pod: the model goes to S3
+                    model_dir = storage.publish_dir(model_dir, cfg.export_uri)
         finally:
             signal.signal(signal.SIGTERM, previous)
             if tracker:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from duogen.platform import storage
@@ -21,15 +20,14 @@ from .run import train
 STAGE1_SOURCES = ("web", "synthetic", "alignment")
 
 
-def manifest_shards(manifest_uri: str, stage: str, local: Callable[[str], Path] | None = None) -> list[str]:
-    """The shard folders a stage reads (`local` turns an object-store URI into a local copy)."""
+def manifest_shards(manifest_uri: str, stage: str) -> list[str]:
+    """The shard folders (paths or URIs) a stage reads."""
     text = storage.read_text(manifest_uri)
     if text is None:
         raise FileNotFoundError(f"dataset manifest {manifest_uri} does not exist")
     sources = json.loads(text)["sources"]
     names = [s for s in sources if stage == "stage2" or s in STAGE1_SOURCES]
-    uris = [u for s in names for u in sources[s]]
-    return [str(local(u)) if local and storage.is_url(u) else u for u in uris]
+    return [u for s in names for u in sources[s]]
 
 
 def train_stage(

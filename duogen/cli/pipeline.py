@@ -42,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SystemExit("duogen pipeline run: error: only --local runs here; use `submit` for a KFP API")
     overrides = {"run_name": args.run_name, **_set(args.set)}
     arguments = local_arguments(args.out, args.size, overrides)
-    summary = run_local(duogen_pipeline, arguments, args.out)
+    summary = run_local(duogen_pipeline, arguments, args.out, args.artifacts)
     steps = summary["steps"]
     line = {
         "total_seconds": summary["total_seconds"],
@@ -83,6 +83,11 @@ def _run_arguments(r: argparse.ArgumentParser) -> None:
     )
     r.add_argument("--run-name", default="toy", help="folder of this run under --out (default: toy)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="a pipeline parameter (repeatable)")
+    r.add_argument(
+        "--artifacts",
+        default=None,
+        help="MLflow artifact location of a new experiment (default: OUT/mlartifacts)",
+    )
     r.set_defaults(func=cmd_run)
 
 
