@@ -60,3 +60,30 @@ def default_uri(out: str | Path) -> str:
 
 def default_artifacts(out: str | Path) -> str:
     return (Path(out).resolve() / "mlartifacts").as_uri()
+
+
+def log_step(
+    tracking_uri: str,
+    experiment: str,
+    name: str,
+    kfp_run_id: str,
+    metrics: dict[str, float] | None = None,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
+    artifacts: str | Path | None = None,
+) -> str | None:
+    """One pipeline step's MLflow run (the steps that do not train or judge: curation, promotion, deploy),
+    tagged with the KFP run id like every other step's run. Nothing is logged without a tracking URI."""
+    if not tracking_uri:
+        return None
+    tracker = Tracker(tracking_uri, experiment, name, {"pipeline_run_id": kfp_run_id, **(tags or {})})
+    try:
+        if params:
+            tracker.params(params)
+        if metrics:
+            tracker.metrics(metrics, step=0)
+        if artifacts:
+            tracker.artifacts(artifacts, name)
+    finally:
+        tracker.close()
+    return tracker.run_id

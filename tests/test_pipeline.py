@@ -1,8 +1,8 @@
-"""The pipeline as users meet it: compiled for the KFP UI (and loaded back), and run on this machine through
-KFP's local subprocess runner by the main job's own command (`duogen run --size small`), killed during
-Stage 2 and started again. The MLflow store it leaves is read back: stage runs linked by the KFP run id,
-the registered version with its metrics and lineage, the alias decision, and the answer page the promoted
-model served over HTTP."""
+"""The pipeline as users meet it: compiled for the KFP UI (and loaded back), and run on this machine
+through KFP's local subprocess runner (`duogen pipeline run --local --size small`, which `duogen run` runs
+too), killed during Stage 2 and started again. The MLflow store it leaves is read back: a run per step
+linked by the KFP run id, the registered version with its metrics and lineage, the alias decision, and the
+answer page the promoted model served over HTTP."""
 
 from __future__ import annotations
 
@@ -152,7 +152,23 @@ def test_the_store_holds_stage_runs_linked_by_the_kfp_run_id(run):
     by_name = {}
     for r in runs:
         by_name.setdefault(r.info.run_name, []).append(r)
-    assert {"stage1", "stage2", "evaluate", "register"} <= set(by_name)
+    steps = {
+        "toyworld",
+        "curation",
+        "stage1",
+        "stage2",
+        "evaluate",
+        "register",
+        "promote-champion",
+        "deploy-champion",
+    }
+    assert set(by_name) == steps  # one run per step (the killed Stage 2 left a second one)
+    assert [len(v) for k, v in sorted(by_name.items())] == [
+        1 if k != "stage2" else 2 for k in sorted(by_name)
+    ]
+    assert all(r.data.tags["pipeline_run_id"] for v in by_name.values() for r in v)
+    assert by_name["promote-champion"][0].data.tags["verdict"] == "promoted"
+    assert by_name["curation"][0].data.metrics["synthetic.samples_kept"] > 0
     finished_stage2 = next(r for r in by_name["stage2"] if r.data.tags["resumed"] == "True")
     stage1, evaluate = by_name["stage1"][0], by_name["evaluate"][0]
     # the first run's steps carry its KFP run id, the rerun's steps the rerun's

@@ -51,7 +51,10 @@ def duogen_pipeline(
     deploy_model: bool = True,
     seed: int = 0,
 ):
-    world = toyworld(root=root, run_name=run_name, pages=pages, videos=videos, seed=seed)
+    tracking = dict(
+        tracking_uri=tracking_uri, experiment=experiment, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    )
+    world = toyworld(root=root, run_name=run_name, pages=pages, videos=videos, seed=seed, **tracking)
     world.set_display_name("toy world")
 
     planned = plan_curation(
@@ -73,7 +76,7 @@ def duogen_pipeline(
             alignment=alignment_data,
             seed=seed,
         )
-    manifest = dataset_manifest(parts=dsl.Collected(part.output), root=root, run_name=run_name)
+    manifest = dataset_manifest(parts=dsl.Collected(part.output), root=root, run_name=run_name, **tracking)
 
     launch = dict(
         root=root,
@@ -87,9 +90,7 @@ def duogen_pipeline(
         tp=tp,
         fp8=fp8,
         seed=seed,
-        tracking_uri=tracking_uri,
-        experiment=experiment,
-        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        **tracking,
     )
     stage1 = train(
         stage="stage1", manifest=manifest.output, model=preset, steps=stage1_steps, lr=stage1_lr, **launch
@@ -111,9 +112,7 @@ def duogen_pipeline(
         run_name=run_name,
         tasks=eval_tasks,
         seed=seed,
-        tracking_uri=tracking_uri,
-        experiment=experiment,
-        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        **tracking,
     )
     registered = register(
         pair=stage2.outputs["model"],
@@ -125,9 +124,7 @@ def duogen_pipeline(
         model_name=model_name,
         root=root,
         run_name=run_name,
-        tracking_uri=tracking_uri,
-        experiment=experiment,
-        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        **tracking,
     )
     promoted = promote(
         name=registered.outputs["name"],
@@ -136,15 +133,8 @@ def duogen_pipeline(
         gates=gates,
         root=root,
         run_name=run_name,
-        tracking_uri=tracking_uri,
+        **tracking,
     )
     with dsl.If(deploy_model == True, name="deploy-on"):
         with dsl.If(promoted.output == True, name="promoted"):
-            deploy(
-                model_name=model_name,
-                alias=alias,
-                root=root,
-                run_name=run_name,
-                tracking_uri=tracking_uri,
-                seed=seed,
-            )
+            deploy(model_name=model_name, alias=alias, root=root, run_name=run_name, seed=seed, **tracking)
