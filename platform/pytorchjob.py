@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -148,7 +149,15 @@ def _client(settings: ClusterSettings, configuration: k8s.Configuration | None):
     """The SDK's client; without a configuration it reads the pod's service account or ~/.kube/config."""
     from kubeflow.training import TrainingClient
 
-    return TrainingClient(client_configuration=configuration, namespace=settings.namespace, job_kind=KIND)
+    config_file = (
+        None if configuration else os.environ.get("KUBECONFIG")
+    )  # the kubernetes client reads it at import
+    return TrainingClient(
+        config_file=config_file,
+        client_configuration=configuration,
+        namespace=settings.namespace,
+        job_kind=KIND,
+    )
 
 
 def _exists(client, name: str) -> bool:

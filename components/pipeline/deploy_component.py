@@ -7,6 +7,8 @@ from . import IMAGE
 def deploy(
     model_name: str,
     alias: str,
+    target: str,
+    serving: dict,
     root: str,
     run_name: str,
     tracking_uri: str,
@@ -14,26 +16,47 @@ def deploy(
     kfp_run_id: str,
     seed: int,
 ) -> str:
-    """Serve `models:/NAME@ALIAS` with the project's predictor on this machine, answer one request over
-    HTTP, and save the answer as an HTML page; returns the page's URI."""
-    from duogen.components.serving.local_deploy import serve_and_ask
+    """Serve `models:/NAME@ALIAS`, answer one request over HTTP and save the answer as an HTML page; returns
+    the page's URI. `target`: "local" (the predictor on 127.0.0.1 of this machine) or "kserve" (an
+    InferenceService with the alias's storage URI; `serving` overrides its settings: namespace, runtime,
+    service_account, gpus, min_replicas, max_replicas, auth_secret, ...)."""
+    import os
+
+    from duogen.components.serving.local_deploy import ask, serve_and_ask
     from duogen.platform import storage
     from duogen.platform.steps import once, scratch, step_uri
     from duogen.platform.tracking import log_step
 
+    if target not in ("local", "kserve"):
+        raise ValueError(f"target must be 'local' or 'kserve', got {target!r}")
     env = {"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {}
-
+    model = f"models:/{model_name}@{alias}"
     uri = step_uri(root, run_name, f"deploy-{alias}")
 
     def work(out):
-        cache = {"DUOGEN_MODEL_CACHE": str(scratch(root, run_name, "model-cache"))}  # this run's download
-        answer = serve_and_ask(
-            f"models:/{model_name}@{alias}", out / "answer.html", env=env | cache, seed=seed
-        )
-        tags = {"model": f"models:/{model_name}@{alias}", "answer": answer["text"][:500]}
-        metrics = {"images": answer["images"]}
+        if target == "local":
+            cache = {"DUOGEN_MODEL_CACHE": str(scratch(root, run_name, "model-cache"))}  # this run's download
+            answer = serve_and_ask(model, out / "answer.html", env=env | cache, seed=seed)
+        else:
+            from duogen.platform.inferenceservice import ServingSettings, deploy
+            from duogen.platform.registry import resolve
+
+            settings = ServingSettings(**serving)
+            source = resolve(model, tracking_uri or None)
+            url = deploy(model_name.lower().replace("_", "-"), source, settings)
+            token = os.environ.get("DUOGEN_AUTH_TOKEN")
+            headers = {"Authorization": f"Bearer {token}"} if token else None
+            answer = ask(url, out / "answer.html", f"DuoGen answers over HTTP ({url})", seed, headers=headers)
+            answer["storage_uri"] = source
+        tags = {"model": model, "answer": answer["text"][:500], "url": answer["url"]}
         run = log_step(
-            tracking_uri, experiment, f"deploy-{alias}", kfp_run_id, metrics, tags=tags, artifacts=out
+            tracking_uri,
+            experiment,
+            f"deploy-{alias}",
+            kfp_run_id,
+            {"images": answer["images"]},
+            tags=tags,
+            artifacts=out,
         )
         return {**answer, "page": storage.join(uri, "answer.html"), "mlflow_run_id": run}
 

@@ -49,6 +49,8 @@ def duogen_pipeline(
     gates: dict = DEFAULT_GATES,
     alias: str = "champion",
     deploy_model: bool = True,
+    deploy_target: str = "local",
+    serving: dict = {},
     seed: int = 0,
 ):
     tracking = dict(
@@ -137,4 +139,13 @@ def duogen_pipeline(
     )
     with dsl.If(deploy_model == True, name="deploy-on"):
         with dsl.If(promoted.output == True, name="promoted"):
-            deploy(model_name=model_name, alias=alias, root=root, run_name=run_name, seed=seed, **tracking)
+            deploy(
+                model_name=model_name,
+                alias=alias,
+                target=deploy_target,
+                serving=serving,
+                root=root,
+                run_name=run_name,
+                seed=seed,
+                **tracking,
+            )

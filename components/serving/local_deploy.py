@@ -54,12 +54,30 @@ def answer_parts(response: dict) -> list[str | Image.Image]:
     return parts
 
 
+def ask(url: str, page: str | Path, title: str, seed: int = 0, timeout: float = 300.0, headers=None) -> dict:
+    """One held-out toy task to a running server at `url` (its Responses route), the answer as a page."""
+    from duogen.platform.html_page import write_page
+
+    body, user_parts = _request_body(seed, max_images=2)
+    reply = httpx.post(f"{url}/openai/v1/responses", json=body, timeout=timeout, headers=headers)
+    if reply.status_code != 200:
+        raise RuntimeError(f"the server answered {reply.status_code}: {reply.text[:500]}")
+    response = reply.json()
+    parts = answer_parts(response)
+    page = write_page([("user", user_parts), ("assistant", parts)], page, title)
+    return {
+        "page": str(page),
+        "url": f"{url}/openai/v1/responses",
+        "images": sum(isinstance(p, Image.Image) for p in parts),
+        "text": "".join(p for p in parts if isinstance(p, str)),
+        "status": response.get("status"),
+    }
+
+
 def serve_and_ask(
     model: str, page: str | Path, env: dict | None = None, seed: int = 0, timeout: float = 300.0
 ) -> dict:
-    """Serve `model`, send one request, write `page`; returns what was asked and answered."""
-    from duogen.platform.html_page import write_page
-
+    """Serve `model` on 127.0.0.1, send one request, write `page`, stop the server."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     page = Path(page)
@@ -87,23 +105,10 @@ def serve_and_ask(
                     f"the server for {model} was not ready within {timeout:.0f} s (log: {log})"
                 )
             time.sleep(0.5)
-        body, user_parts = _request_body(seed, max_images=2)
-        reply = httpx.post(f"{url}/openai/v1/responses", json=body, timeout=timeout)
-        if reply.status_code != 200:
-            raise RuntimeError(f"the server answered {reply.status_code}: {reply.text[:500]}")
-        response = reply.json()
+        return ask(url, page, f"DuoGen answers over HTTP ({model})", seed, timeout)
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-    parts = answer_parts(response)
-    write_page([("user", user_parts), ("assistant", parts)], page, f"DuoGen answers over HTTP ({model})")
-    return {
-        "page": str(page),
-        "url": f"{url}/openai/v1/responses",
-        "images": sum(isinstance(p, Image.Image) for p in parts),
-        "text": "".join(p for p in parts if isinstance(p, str)),
-        "status": response.get("status"),
-    }
