@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,11 +16,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from duogen.platform.launch import free_port
 
 
 def _request_body(seed: int, max_images: int) -> tuple[dict, list]:
@@ -78,7 +73,7 @@ def serve_and_ask(
     model: str, page: str | Path, env: dict | None = None, seed: int = 0, timeout: float = 300.0
 ) -> dict:
     """Serve `model` on 127.0.0.1, send one request, write `page`, stop the server."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     page = Path(page)
     page.parent.mkdir(parents=True, exist_ok=True)
