@@ -18,7 +18,9 @@ WORKER = textwrap.dedent(
     deadline = time.time() + 60
     while not got and time.time() < deadline:
         time.sleep(0.05)
-    print("rank", os.environ["RANK"], "stopped by SIGTERM" if got else "timed out", flush=True)
+    # one write per line: two ranks share the pipe, and print() writes its parts separately
+    line = "rank " + os.environ["RANK"] + (" stopped by SIGTERM" if got else " timed out") + chr(10)
+    os.write(1, line.encode())
     """
 )
 
