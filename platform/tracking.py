@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,8 @@ class Tracker:
         self.mlflow.log_dict(config, name)
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.mlflow.log_metrics(metrics, step=step)
+        """Names are made MLflow-safe (counter keys such as `corrupt:empty page` hold colons)."""
+        self.mlflow.log_metrics({re.sub(r"[^\w\-. /]", "_", k): v for k, v in metrics.items()}, step=step)
 
     def tag(self, key: str, value: str) -> None:
         self.mlflow.set_tag(key, value)

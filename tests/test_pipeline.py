@@ -188,6 +188,8 @@ def test_the_registered_version_carries_metrics_lineage_and_the_alias_decision(r
     assert metrics == pytest.approx(line["metrics"]) and "t_com" in metrics
     manifest = json.loads(Path(version.tags["lineage.dataset_manifest"]).read_text())
     assert set(manifest["sources"]) == {"web", "video", "synthetic"}  # no alignment data was given
+    for source, folders in manifest["sources"].items():  # every source curated into shards
+        assert any(Path(f).glob("shard-*.tar") for f in folders) and manifest["counters"][source], source
     runs = client.search_runs([_exp(client)])
     finished = [
         r.info.run_id for r in runs if r.info.run_name == "stage2" and r.data.tags["resumed"] == "True"

@@ -32,7 +32,8 @@ def test_every_artifact_of_a_run_is_in_object_storage(tmp_path):
         assert {"toyworld", "dataset", "stage1", "stage2", "evaluate", "register", "deploy-champion"} <= steps
         assert fs.exists("runs/pipelines/toy/stage2/model/duogen_config.json")
         assert fs.exists("runs/pipelines/toy/stage2/checkpoints/latest")  # checkpoints straight to S3
-        assert any(p.endswith(".tar") for p in fs.ls("runs/pipelines/toy/curate-synthetic-0of1"))
+        for source in ("web", "video", "synthetic"):
+            assert any(p.endswith(".tar") for p in fs.ls(f"runs/pipelines/toy/curate-{source}-0of1")), source
         assert fs.exists("runs/pipelines/toy/evaluate/report.html")
         assert line["answer_page"] == "s3://runs/pipelines/toy/deploy-champion/answer.html"
         page = fs.cat_file("runs/pipelines/toy/deploy-champion/answer.html").decode()

@@ -38,6 +38,8 @@ def test_curation_parts_together_make_the_shards_of_one_run(tmp_path):
     assert all(len(list((tmp_path / f"part{k}").glob("shard-*.tar"))) >= 1 for k in range(3))
     with pytest.raises(ValueError, match="unknown curation source 'books'"):
         parts(plan, ["books"], shards=1)
+    with pytest.raises(FileNotFoundError, match="no-world does not exist"):  # never an empty source
+        parts(plan, ["web"], shards=1)
 
 
 def test_a_step_runs_once_per_pipeline_run(tmp_path):

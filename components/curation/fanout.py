@@ -32,6 +32,10 @@ def source_inputs(source: str, p: CurationPlan) -> list[Any]:
     from .sources import folder_inputs
 
     world = Path(p.world)
+    if source in ("web", "video") and not world.is_dir():
+        raise FileNotFoundError(
+            f"the world folder {p.world} does not exist (its pages and videos are {source}'s inputs)"
+        )
     if source == "web":
         return folder_inputs(world / "pages")
     if source == "video":

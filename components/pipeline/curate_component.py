@@ -13,26 +13,28 @@ def plan_curation(
     alignment: str,
     seed: int,
 ) -> list[dict]:
-    """The fan-out: up to `shards` parts per source (one task each)."""
+    """The fan-out: up to `shards` parts per source (one task each). Each item carries the world's URI:
+    KFP's local runner hands a task inside a ParallelFor the loop item in place of any other task's output."""
     from duogen.components.curation.fanout import CurationPlan, parts
     from duogen.platform.steps import input_dir
 
-    local = str(input_dir(world))
-    return parts(CurationPlan(local, synthetic_per_seed, alignment, seed=seed), sources, shards)
+    local = CurationPlan(
+        str(input_dir(world)), synthetic_per_seed, str(input_dir(alignment)) if alignment else "", seed=seed
+    )
+    return [{**item, "world": world} for item in parts(local, sources, shards)]
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def curate(
-    item: dict, world: str, root: str, run_name: str, synthetic_per_seed: int, alignment: str, seed: int
-) -> str:
-    """One part of one source's curation; returns a JSON record {source, uri, counters}."""
+def curate(item: dict, root: str, run_name: str, synthetic_per_seed: int, alignment: str, seed: int) -> str:
+    """One part of one source's curation (`item`: source, part, parts, world); returns a JSON record
+    {source, uri, report}."""
     import json
 
     from duogen.components.curation.fanout import CurationPlan, curate_part
     from duogen.platform.steps import input_dir, once, step_uri
 
-    local = str(input_dir(world))
-    p = CurationPlan(local, synthetic_per_seed, alignment, seed=seed)
+    world = str(input_dir(item["world"]))
+    p = CurationPlan(world, synthetic_per_seed, str(input_dir(alignment)) if alignment else "", seed=seed)
     source, part, parts = item["source"], int(item["part"]), int(item["parts"])  # numbers arrive as floats
     step = f"curate-{source}-{part}of{parts}"
     report = once(root, run_name, step, lambda out: curate_part(p, source, part, parts, out))

@@ -71,7 +71,6 @@ def duogen_pipeline(
     with dsl.ParallelFor(planned.output, name="curation-parts") as item:
         part = curate(
             item=item,
-            world=world.output,
             root=root,
             run_name=run_name,
             synthetic_per_seed=synthetic_per_seed,
