@@ -32,7 +32,7 @@ def test_the_compiled_pipeline_loads_back_with_every_parameter(tmp_path):
         [DUOGEN, "pipeline", "compile", "-o", str(tmp_path / "p.yaml")], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    spec, platform = yaml.safe_load_all((tmp_path / "p.yaml").read_text())
     signature = inspect.signature(duogen_pipeline.pipeline_func)
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert set(params) == set(signature.parameters)
@@ -69,6 +69,15 @@ def test_the_compiled_pipeline_loads_back_with_every_parameter(tmp_path):
     )
     assert tasks["train-2"]["inputs"]["parameters"]["model"]["taskOutputParameter"]["producerTask"] == "train"
     assert load_component_from_file(str(tmp_path / "p.yaml")).name == "duogen"
+    # on a cluster every step's pod gets the S3 Secret as environment, and the steps that resume retry
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert len(executors) == len(spec["deploymentSpec"]["executors"])
+    assert all(
+        e["secretAsEnv"][0]["keyToEnv"][0]
+        == {"secretKey": "AWS_ACCESS_KEY_ID", "envVar": "AWS_ACCESS_KEY_ID"}
+        for e in executors.values()
+    )
+    assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 2 and "retryPolicy" not in tasks["register"]
 
 
 def _run(out: Path, *extra: str, kill_when: Path | None = None) -> subprocess.CompletedProcess | None:

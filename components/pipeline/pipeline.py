@@ -5,7 +5,7 @@ Every parameter has a default that works on the embedded toy world; on a cluster
 root (`s3://...`), the MLflow server, the launcher's nodes / GPUs / TP / FP8, steps and gates in the KFP UI.
 """
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from .curate_component import curate, dataset_manifest, plan_curation
 from .deploy_component import deploy
@@ -15,6 +15,18 @@ from .toyworld_component import toyworld
 from .train_component import train
 
 DEFAULT_GATES = {"t_com": 0.5, "i_com": 0.9}
+S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
+
+
+def _on_cluster(task, s3_secret, retries: int = 0):
+    """What a step's pod needs on a cluster (the local runner ignores it): the S3 credentials from the
+    Secret (optional: a pod with an IAM role needs none), and retries for the steps that resume."""
+    kubernetes.use_secret_as_env(
+        task, secret_name=s3_secret, secret_key_to_env={k: k for k in S3_ENV}, optional=True
+    )
+    if retries:
+        task.set_retry(num_retries=retries, backoff_duration="60s")
+    return task
 
 
 @dsl.pipeline(
@@ -51,13 +63,14 @@ def duogen_pipeline(
     deploy_model: bool = True,
     deploy_target: str = "local",
     serving: dict = {},
+    s3_secret: str = "duogen-s3",
     seed: int = 0,
 ):
     tracking = dict(
         tracking_uri=tracking_uri, experiment=experiment, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
     )
     world = toyworld(root=root, run_name=run_name, pages=pages, videos=videos, seed=seed, **tracking)
-    world.set_display_name("toy world")
+    _on_cluster(world, s3_secret).set_display_name("toy world")
 
     planned = plan_curation(
         world=world.output,
@@ -68,6 +81,7 @@ def duogen_pipeline(
         alignment=alignment_data,
         seed=seed,
     )
+    _on_cluster(planned, s3_secret)
     with dsl.ParallelFor(planned.output, name="curation-parts") as item:
         part = curate(
             item=item,
@@ -77,7 +91,9 @@ def duogen_pipeline(
             alignment=alignment_data,
             seed=seed,
         )
+        _on_cluster(part, s3_secret, retries=2)
     manifest = dataset_manifest(parts=dsl.Collected(part.output), root=root, run_name=run_name, **tracking)
+    _on_cluster(manifest, s3_secret)
 
     launch = dict(
         root=root,
@@ -96,7 +112,7 @@ def duogen_pipeline(
     stage1 = train(
         stage="stage1", manifest=manifest.output, model=preset, steps=stage1_steps, lr=stage1_lr, **launch
     )
-    stage1.set_display_name("Stage 1 (MLLM)")
+    _on_cluster(stage1, s3_secret, retries=2).set_display_name("Stage 1 (MLLM)")
     stage2 = train(
         stage="stage2",
         manifest=manifest.output,
@@ -105,7 +121,7 @@ def duogen_pipeline(
         lr=stage2_lr,
         **launch,
     )
-    stage2.set_display_name("Stage 2 (connector + DiT)")
+    _on_cluster(stage2, s3_secret, retries=2).set_display_name("Stage 2 (connector + DiT)")
 
     judged = evaluate(
         pair=stage2.outputs["model"],
@@ -115,6 +131,7 @@ def duogen_pipeline(
         seed=seed,
         **tracking,
     )
+    _on_cluster(judged, s3_secret)
     registered = register(
         pair=stage2.outputs["model"],
         metrics=judged.outputs["metrics"],
@@ -127,6 +144,7 @@ def duogen_pipeline(
         run_name=run_name,
         **tracking,
     )
+    _on_cluster(registered, s3_secret)
     promoted = promote(
         name=registered.outputs["name"],
         version=registered.outputs["version"],
@@ -136,9 +154,10 @@ def duogen_pipeline(
         run_name=run_name,
         **tracking,
     )
+    _on_cluster(promoted, s3_secret)
     with dsl.If(deploy_model == True, name="deploy-on"):
         with dsl.If(promoted.output == True, name="promoted"):
-            deploy(
+            served = deploy(
                 model_name=model_name,
                 alias=alias,
                 target=deploy_target,
@@ -148,3 +167,4 @@ def duogen_pipeline(
                 seed=seed,
                 **tracking,
             )
+            _on_cluster(served, s3_secret)
