@@ -39,27 +39,18 @@ def test_the_compiled_pipeline_loads_back_with_every_parameter(tmp_path):
     assert params["stage1_steps"]["defaultValue"] == signature.parameters["stage1_steps"].default
     assert params["gates"]["defaultValue"] == {"t_com": 0.5, "i_com": 0.9}
     # every component keeps the parameters of its function
-    from duogen.components.pipeline import (
-        curate_component,
-        deploy_component,
-        evaluate_component,
-        registry_components,
-        toyworld_component,
-        train_component,
-    )
+    import importlib
 
-    functions = {
-        "comp-toyworld": toyworld_component.toyworld,
-        "comp-plan-curation": curate_component.plan_curation,
-        "comp-curate": curate_component.curate,
-        "comp-dataset-manifest": curate_component.dataset_manifest,
-        "comp-train": train_component.train,
-        "comp-evaluate": evaluate_component.evaluate,
-        "comp-register": registry_components.register,
-        "comp-promote": registry_components.promote,
-        "comp-deploy": deploy_component.deploy,
-    }
-    for name, component in functions.items():
+    # one file per component: comp-NAME is components/pipeline/NAME_component.py
+    names = ["toyworld", "plan-curation", "curate", "dataset-manifest", "train", "evaluate", "register"]
+    names += ["promote", "deploy"]
+    functions = {}
+    for name in names:
+        module = importlib.import_module(f"duogen.components.pipeline.{name.replace('-', '_')}_component")
+        functions[f"comp-{name}"] = getattr(module, name.replace("-", "_"))
+    groups = {"comp-for-loop-1", "comp-condition-2", "comp-condition-3"}  # ParallelFor and If bodies
+    assert set(functions) | {"comp-train-2"} == set(spec["components"]) - groups  # train-2: Stage 2's copy
+    for name, component in [*functions.items(), ("comp-train-2", functions["comp-train"])]:
         declared = set(spec["components"][name]["inputDefinitions"]["parameters"])
         assert declared == set(inspect.signature(component.python_func).parameters), name
     tasks = spec["root"]["dag"]["tasks"]

@@ -7,10 +7,13 @@ root (`s3://...`), the MLflow server, the launcher's nodes / GPUs / TP / FP8, st
 
 from kfp import dsl, kubernetes
 
-from .curate_component import curate, dataset_manifest, plan_curation
+from .curate_component import curate
+from .dataset_manifest_component import dataset_manifest
 from .deploy_component import deploy
 from .evaluate_component import evaluate
-from .registry_components import promote, register
+from .plan_curation_component import plan_curation
+from .promote_component import promote
+from .register_component import register
 from .toyworld_component import toyworld
 from .train_component import train
 
