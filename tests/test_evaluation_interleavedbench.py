@@ -64,7 +64,7 @@ def test_instances_are_read_in_the_order_their_markers_give(bench):
     assert first.request == ["Make tea.", png((200, 0, 0)), "Boil water.", png((0, 200, 0)), "What next?"]
     assert first.missing == []
     assert second.request == ["A fox", "and a crow", ". Go on."]
-    assert second.missing == ["wiki_images_test/gone.png", "<image> marker 2 has no entry in `image`"]
+    assert second.missing == ["wiki_images_test/gone.png", "<image> marker 2 has no image file named"]
 
 
 def test_bad_files_are_clear_errors(tmp_path):

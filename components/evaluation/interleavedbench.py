@@ -21,6 +21,8 @@ from PIL import Image
 
 from duogen.model.errors import DuoGenInputError
 
+from .vlm_judge import placeholder_parts
+
 
 @dataclass
 class BenchInstance:
@@ -28,24 +30,6 @@ class BenchInstance:
     task_name: str
     request: list[str | bytes]  # text and image bytes in the order the human turn gives them
     missing: list[str] = field(default_factory=list)  # image files named but not found
-
-
-def _human_parts(text: str, names: list[str], images: Path, missing: list[str]) -> list[str | bytes]:
-    out: list[str | bytes] = []
-    chunks = text.replace("<BEGIN>", "").split("<image>")
-    for k, chunk in enumerate(chunks):
-        if chunk.strip():
-            out.append(chunk.strip())
-        if k < len(chunks) - 1:
-            if k >= len(names):
-                missing.append(f"<image> marker {k + 1} has no entry in `image`")
-                continue
-            path = images / names[k]
-            if path.is_file():
-                out.append(path.read_bytes())
-            else:
-                missing.append(names[k])
-    return out
 
 
 def read_instances(path: str | Path, images: str | Path | None = None) -> list[BenchInstance]:
@@ -68,7 +52,8 @@ def read_instances(path: str | Path, images: str | Path | None = None) -> list[B
         if human is None:
             raise DuoGenInputError(f"{path}: instance {n} ({inst.get('id', '?')!r}) has no human turn")
         missing: list[str] = []
-        request = _human_parts(str(human.get("value", "")), list(inst.get("image") or []), folder, missing)
+        text = str(human.get("value", "")).replace("<BEGIN>", "")
+        request = placeholder_parts(text, list(inst.get("image") or []), folder, missing, marker="<image>")
         out.append(BenchInstance(str(inst.get("id", n)), str(inst.get("task_name", "")), request, missing))
     return out
 

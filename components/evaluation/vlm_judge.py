@@ -51,19 +51,26 @@ class JudgeItem:
     missing: list[str] = field(default_factory=list)  # image files the source named but that do not exist
 
 
-def _parts(text: str, names: list[str], folder: Path, missing: list[str]) -> list[str | bytes]:
-    """Text with `<IMAGE>` placeholders and the image files they stand for, as ordered parts."""
+def placeholder_parts(
+    text: str, names: list[str], folder: Path, missing: list[str], marker: str = "<IMAGE>"
+) -> list[str | bytes]:
+    """Text with image placeholders (`marker`) and the image files they stand for, in order, as parts.
+    Files that do not exist, and markers without a file name, are listed in `missing`."""
     out: list[str | bytes] = []
-    chunks = text.split("<IMAGE>")
+    chunks = text.split(marker)
     for k, chunk in enumerate(chunks):
         if chunk.strip():
             out.append(chunk.strip())
-        if k < len(chunks) - 1 and k < len(names):
-            image = folder / names[k]
-            if image.is_file():
-                out.append(image.read_bytes())
-            else:
-                missing.append(names[k])
+        if k == len(chunks) - 1:
+            break
+        if k >= len(names):
+            missing.append(f"{marker} marker {k + 1} has no image file named")
+            continue
+        image = folder / names[k]
+        if image.is_file():
+            out.append(image.read_bytes())
+        else:
+            missing.append(names[k])
     return out
 
 
@@ -78,8 +85,10 @@ def read_comm(folder: str | Path) -> Iterator[JudgeItem]:
         if not isinstance(data, dict) or "model_input" not in data:
             continue
         missing: list[str] = []
-        request = _parts(data["model_input"], data.get("input_image_list") or [], path.parent, missing)
-        answer = _parts(
+        request = placeholder_parts(
+            data["model_input"], data.get("input_image_list") or [], path.parent, missing
+        )
+        answer = placeholder_parts(
             data.get("model_output") or "", data.get("prediction_image_list") or [], path.parent, missing
         )
         yield JudgeItem(str(path.relative_to(folder)), request, answer, missing)
