@@ -64,6 +64,16 @@ def test_spoiled_answers_lose_exactly_what_they_spoil(task):
     assert gibberish["i_co"] is None and gibberish["i_q"] is None  # nothing drawn, nothing to judge
 
 
+def test_a_swap_may_name_its_shapes_in_either_order():
+    from duogen.components.evaluation.toyworld_judge import same_step
+
+    expected = "Swap the positions of the yellow square and the yellow circle."
+    assert same_step("swap the positions of the yellow circle and the yellow square", expected)
+    assert not same_step("Swap the positions of the yellow circle and the yellow circle.", expected)
+    assert not same_step("Swap the positions of the red circle and the yellow square.", expected)
+    assert not same_step("Move the yellow circle up.", "Move the yellow square up.")
+
+
 def test_bootstrap_interval_holds_the_mean():
     mean, low, high = bootstrap_ci([0, 1] * 20)
     assert mean == 0.5 and low < 0.5 < high and high - low < 0.5

@@ -4,7 +4,8 @@ Metric names follow the paper's where they map; each is a fraction in [0, 1] per
 
 - **T-Com** (text completeness): the steps written match the task's steps. The answer's "Step k: ..."
   sentences are read in order and compared with the task's `describe()` sentences (case, spacing and the
-  final full stop ignored); matched steps / max(task steps, written steps).
+  final full stop ignored; a swap may name its two shapes in either order, which is the same step);
+  matched steps / max(task steps, written steps).
 - **I-Com** (image completeness): a picture wherever a step needs one and none elsewhere. Steps followed by
   exactly one picture / (task steps + pictures beyond one per written step).
 - **IT-Co** (image-text coherence): the picture carries out its step. The first picture after step k is read
@@ -36,6 +37,18 @@ STEP = re.compile(r"Step\s*(\d+)\s*:\s*")
 
 def normalise(sentence: str) -> str:
     return " ".join(sentence.lower().split()).rstrip(".").strip()
+
+
+SWAP = re.compile(r"swap the positions of (?:the )?(.+?) and (?:the )?(.+)")
+
+
+def same_step(written: str, expected: str) -> bool:
+    """The written sentence states the expected step: the same words, or the same swap in either order."""
+    w, e = normalise(written), normalise(expected)
+    if w == e:
+        return True
+    ws, es = SWAP.fullmatch(w), SWAP.fullmatch(e)
+    return bool(ws and es) and sorted(ws.groups()) == sorted(es.groups())
 
 
 def judge_step(before: Scene, after: Scene, action, found, cfg: WorldConfig) -> tuple[bool, bool, float]:
@@ -101,7 +114,7 @@ def judge_answer(task: Task, parts: list, cfg: WorldConfig | None = None) -> dic
     cfg = cfg or WorldConfig()
     expected = task.instructions(cfg)
     written, leading = read_answer(parts)
-    matched = sum(normalise(w.sentence) == normalise(e) for w, e in zip(written, expected, strict=False))
+    matched = sum(same_step(w.sentence, e) for w, e in zip(written, expected, strict=False))
     t_com = matched / max(len(expected), len(written), 1)
     extra = leading + sum(max(0, len(w.pictures) - 1) for w in written)
     extra += sum(len(w.pictures) for w in written[len(expected) :])
