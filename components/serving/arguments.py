@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from .engine import EngineSettings
-from .inputs import ImageLimits
-from .predictor import DTYPES, PredictorSettings
-from .server import ServeSettings, read_token
+# The predictor's dtypes by name (`predictor.DTYPES`). The settings classes are imported when the flags are
+# read, not here: building the `duogen` parser must not import torch and transformers (seconds per command).
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8080, help="HTTP port (default: 8080)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     p.add_argument(
-        "--dtype", choices=sorted(DTYPES), default="float32", help="MLLM and DiT dtype (default: float32)"
+        "--dtype", choices=DTYPE_NAMES, default="float32", help="MLLM and DiT dtype (default: float32)"
     )
     p.add_argument("--max-running", type=int, default=8, help="requests generating at once (default: 8)")
     p.add_argument("--max-queued", type=int, default=32, help="requests waiting before 429 (default: 32)")
@@ -54,7 +53,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def settings_from_args(args: argparse.Namespace) -> ServeSettings:
+def settings_from_args(args: argparse.Namespace):
+    """The server's settings (a `server.ServeSettings`) from the parsed flags."""
+    from .engine import EngineSettings
+    from .inputs import ImageLimits
+    from .predictor import DTYPES, PredictorSettings
+    from .server import ServeSettings, read_token
+
+    assert set(DTYPE_NAMES) == set(DTYPES), "the flag's choices and the predictor's dtypes must agree"
     predictor = PredictorSettings(
         model=args.model,
         name=args.name,
