@@ -113,3 +113,60 @@ def submit(
         str(package), arguments=arguments, run_name=run_name, experiment_name=experiment, namespace=namespace
     )
     return run.run_id
+
+
+def version_tag(package: str | Path) -> str:
+    """The name a compiled pipeline gets as a KFP pipeline version: the package's version and a digest of
+    the file, so the same pipeline always has the same name and a changed one a new name."""
+    import hashlib
+
+    from duogen import __version__
+
+    digest = hashlib.sha256(Path(package).read_bytes()).hexdigest()[:12]
+    return f"v{__version__}-{digest}"
+
+
+def upload(
+    package: str | Path,
+    host: str,
+    name: str = "duogen",
+    namespace: str | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """Upload a compiled pipeline to a KFP API as a new version of pipeline `name` (created when missing).
+    Idempotent: when a version already carries this file's tag (its name, or its description for the
+    version KFP makes with a new pipeline) nothing is uploaded. Returns ids and whether it uploaded."""
+    import kfp
+
+    tag = version_tag(package)
+    description = f"DuoGen pipeline {tag}"
+    client = kfp.Client(host=host, existing_token=token, namespace=namespace or "kubeflow")
+    pipeline_id = client.get_pipeline_id(name)
+    if pipeline_id is None:
+        created = client.upload_pipeline(
+            str(package), pipeline_name=name, description=description, namespace=namespace
+        )
+        return {
+            "pipeline_id": created.pipeline_id,
+            "version": tag,
+            "uploaded": True,
+            "created_pipeline": True,
+        }
+    page_token = ""
+    while True:
+        page = client.list_pipeline_versions(pipeline_id, page_token=page_token, page_size=100)
+        for v in page.pipeline_versions or []:
+            if v.display_name == tag or (v.description or "").endswith(tag):
+                return {
+                    "pipeline_id": pipeline_id,
+                    "version_id": v.pipeline_version_id,
+                    "version": tag,
+                    "uploaded": False,
+                }
+        page_token = page.next_page_token
+        if not page_token:
+            break
+    v = client.upload_pipeline_version(
+        str(package), pipeline_version_name=tag, pipeline_id=pipeline_id, description=description
+    )
+    return {"pipeline_id": pipeline_id, "version_id": v.pipeline_version_id, "version": tag, "uploaded": True}

@@ -1,4 +1,4 @@
-"""`duogen pipeline compile|run|submit`: the KFP pipeline (`components/pipeline/pipeline.py`) as a file for
+"""`duogen pipeline compile|run|submit|upload`: the KFP pipeline (`components/pipeline/pipeline.py`) as a file for
 the Kubeflow Pipelines UI, on this machine, or on a KFP API."""
 
 from __future__ import annotations
@@ -74,6 +74,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upload(args: argparse.Namespace) -> int:
+    """Upload the pipeline to a Kubeflow Pipelines API as a new version of `--name` (the pipeline is created
+    the first time). An unchanged pipeline is not uploaded twice: versions are named by the compiled file's
+    digest. The chart's post-install Job runs this; prints one JSON line."""
+    import tempfile
+
+    from duogen.components.pipeline.pipeline import duogen_pipeline
+    from duogen.platform.kfp_runner import compile_pipeline, upload
+
+    with tempfile.TemporaryDirectory() as tmp:
+        package = args.package or compile_pipeline(duogen_pipeline, f"{tmp}/duogen-pipeline.yaml")
+        result = upload(package, args.host, args.name, args.namespace)
+    print(json.dumps({**result, "host": args.host, "name": args.name}))
+    return 0
+
+
 def _run_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--out", default="outputs/pipeline", help="storage root and MLflow (default: outputs/pipeline)"
@@ -93,7 +109,7 @@ def _run_arguments(r: argparse.ArgumentParser) -> None:
 
 def add_pipeline(sub) -> None:
     p = sub.add_parser(
-        "pipeline", help="the Kubeflow pipeline: compile, run locally, submit", description=__doc__
+        "pipeline", help="the Kubeflow pipeline: compile, run locally, submit, upload", description=__doc__
     )
     kinds = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     c = kinds.add_parser(
@@ -117,3 +133,13 @@ def add_pipeline(sub) -> None:
     s.add_argument("--namespace", default=None, help="the user's profile namespace (multi-user Kubeflow)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="a pipeline parameter (repeatable)")
     s.set_defaults(func=cmd_submit)
+    u = kinds.add_parser(
+        "upload", help="upload it to a KFP API as a new pipeline version", description=cmd_upload.__doc__
+    )
+    u.add_argument("--host", required=True, help="the KFP API, e.g. http://ml-pipeline.kubeflow:8888")
+    u.add_argument("--name", default="duogen", help="the pipeline's name in the UI (default: duogen)")
+    u.add_argument("--package", help="a compiled pipeline (default: compile one now)")
+    u.add_argument(
+        "--namespace", default=None, help="a profile namespace (multi-user Kubeflow; default: shared)"
+    )
+    u.set_defaults(func=cmd_upload)
