@@ -1,5 +1,5 @@
-"""`duogen pipeline compile|run|submit|upload`: the KFP pipeline (`components/pipeline/pipeline.py`) as a file for
-the Kubeflow Pipelines UI, on this machine, or on a KFP API."""
+"""`duogen pipeline compile|run|submit|upload`: the KFP pipeline (`components/pipeline/pipeline.py`) as a
+file for the Kubeflow Pipelines UI, on this machine, on a KFP API, or uploaded there as a pipeline version."""
 
 from __future__ import annotations
 
