@@ -16,6 +16,8 @@ from typing import Any
 
 from kubernetes import client as k8s
 
+from .k8s_security import pod_security
+
 
 @dataclass
 class ServingSettings:
@@ -61,6 +63,7 @@ def build(name: str, storage_uri: str, s: ServingSettings):
         max_replicas=s.max_replicas,
         timeout=s.timeout,
         service_account_name=s.service_account,
+        security_context=pod_security(),  # the runtime's container carries the container-level settings
     )
     return V1beta1InferenceService(
         api_version="serving.kserve.io/v1beta1",

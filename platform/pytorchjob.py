@@ -25,6 +25,8 @@ from typing import Any
 from kubeflow.training import models
 from kubernetes import client as k8s
 
+from .k8s_security import container_security, pod_security
+
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
 
 
@@ -68,7 +70,8 @@ def _replica(settings: ClusterSettings, command: list[str], replicas: int) -> mo
     limits = {"cpu": settings.cpu, "memory": settings.memory}
     if settings.gpus_per_node:
         limits["nvidia.com/gpu"] = str(settings.gpus_per_node)
-    env = [k8s.V1EnvVar(name=k, value=v) for k, v in sorted(settings.env.items())]
+    env = [k8s.V1EnvVar(name="HOME", value="/tmp")]  # caches (HF, triton) go to the writable /tmp
+    env += [k8s.V1EnvVar(name=k, value=v) for k, v in sorted(settings.env.items())]
     env_from = (
         [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.s3_secret))]
         if settings.s3_secret
@@ -78,11 +81,14 @@ def _replica(settings: ClusterSettings, command: list[str], replicas: int) -> mo
         name="pytorch",  # the operator finds the training container by this name
         image=settings.image,
         command=command,
-        env=env or None,
+        env=env,
         env_from=env_from,
         resources=k8s.V1ResourceRequirements(requests=dict(limits), limits=limits),
-        volume_mounts=[k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")],
-        security_context=k8s.V1SecurityContext(allow_privilege_escalation=False, run_as_non_root=True),
+        volume_mounts=[
+            k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
+            k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
+        ],
+        security_context=container_security(),
     )
     pod = k8s.V1PodSpec(
         containers=[container],
@@ -90,11 +96,13 @@ def _replica(settings: ClusterSettings, command: list[str], replicas: int) -> mo
             k8s.V1Volume(
                 name="dshm",
                 empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=settings.shm_size),
-            )
+            ),
+            k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()),
         ],
         node_selector=settings.node_selector or None,
         tolerations=[k8s.V1Toleration(**t) for t in settings.tolerations] or None,
         service_account_name=settings.service_account,
+        security_context=pod_security(),
     )
     return models.KubeflowOrgV1ReplicaSpec(
         replicas=replicas, restart_policy="ExitCode", template=k8s.V1PodTemplateSpec(spec=pod)

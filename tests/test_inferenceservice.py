@@ -22,6 +22,7 @@ import yaml
 from duogen.platform.inferenceservice import DeployFailed, ServingSettings, as_dict, build, deploy
 
 sys.path.insert(0, str(Path(__file__).parent))
+from k8s_checks import policy_violations  # noqa: E402
 from serving_server import predictor_server  # noqa: E402
 
 CRD = Path(__file__).parent / "data" / "crds" / "serving.kserve.io_inferenceservices.yaml"
@@ -49,6 +50,7 @@ def test_the_inferenceservice_validates_and_carries_the_serving_settings(schema)
     ]
     assert (predictor["minReplicas"], predictor["maxReplicas"], predictor["timeout"]) == (1, 3, 300)
     assert predictor["serviceAccountName"] == "duogen-s3"
+    assert policy_violations([isvc]) == []  # non-root pods, resources, the token only from its Secret
     bad = json.loads(json.dumps(isvc))
     bad["spec"]["predictor"]["minReplicas"] = "one"
     with pytest.raises(jsonschema.ValidationError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +20,10 @@ import yaml
 from kubernetes import client as k8s
 
 from duogen.components.training.config import TrainConfig, load_config
+
+sys.path.insert(0, str(Path(__file__).parent))
+from k8s_checks import policy_violations  # noqa: E402
+
 from duogen.platform.pytorchjob import ClusterSettings, JobFailed, as_dict, build_job, job_name, launch
 
 CRD = Path(__file__).parent / "data" / "crds" / "kubeflow.org_pytorchjobs.yaml"
@@ -74,10 +79,11 @@ def test_generated_jobs_validate_against_the_crd_and_carry_the_cluster_settings(
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
         assert container["envFrom"] == [{"secretRef": {"name": "duogen-s3"}}]
         assert {"name": "NCCL_DEBUG", "value": "WARN"} in container["env"]
-        assert container["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
         assert pod["volumes"][0]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
         assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
         assert pod["tolerations"][0]["effect"] == "NoSchedule"
+    assert policy_violations([job]) == []  # the restricted profile, as the chart's pods (tests/k8s_checks.py)
     # the pods' command is `duogen train` with the whole config: it parses back to the same config
     command = replicas["Master"]["template"]["spec"]["containers"][0]["command"]
     assert command[:6] == ["python", "-m", "duogen.cli", "train", "stage2", "--quiet"]

