@@ -65,6 +65,31 @@ class EncodedConversation:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def prefix(self, n: int) -> EncodedConversation:
+        """The first `n` tokens as a conversation of their own (the images wholly inside them kept). A causal
+        model's states of those tokens do not depend on what follows, so this is all it needs to run for
+        them. Cutting through an image's tokens is an error: an image is one block."""
+        if not 0 < n <= len(self):
+            raise DuoGenInputError(f"prefix of {n} tokens asked of a conversation of {len(self)}")
+        kept = [k for k, (start, end) in enumerate(self.image_spans) if end <= n]
+        if any(start < n < end for start, end in self.image_spans):
+            raise DuoGenInputError(f"a prefix of {n} tokens would cut through an image")
+        pixel_values = grid = None
+        if kept:
+            grid = self.image_grid_thw[: len(kept)]
+            pixel_values = self.pixel_values[: int(grid.prod(-1).sum())]
+        return EncodedConversation(
+            input_ids=self.input_ids[:n],
+            labels=self.labels[:n],
+            chunk_ids=self.chunk_ids[:n],
+            mm_token_type_ids=self.mm_token_type_ids[:n],
+            pixel_values=pixel_values,
+            image_grid_thw=grid,
+            image_spans=self.image_spans[: len(kept)],
+            bov_positions=[b for b in self.bov_positions if b < n],
+            images=self.images[: len(kept)],
+        )
+
     def model_inputs(self) -> dict[str, Any]:
         """Keyword arguments for `Qwen2_5_VLForConditionalGeneration` (batch of one)."""
         out: dict[str, Any] = {

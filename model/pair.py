@@ -92,10 +92,11 @@ class DuoGenPair(nn.Module):
         Stream: every decoder layer's hidden states of the tokens before `<BOV>`, each layer normalised and
         all concatenated (the connector's input). Negative: the same without the last text chunk.
         `stream` [>= upto, connector_in] can be passed when the caller already has the rows (the generation
-        session keeps them); otherwise the MLLM runs over the tokens before `upto`.
+        session keeps them); otherwise the MLLM runs over the tokens before `upto` only (causal: the rest of
+        the conversation, later images too, cannot change them).
         """
         if stream is None:
-            layer_states = self.mllm.layer_hidden_states(encoded, positions=range(upto))
+            layer_states = self.mllm.layer_hidden_states(encoded.prefix(upto))
             stream = stack_layers(layer_states, eps=self.config.connector.norm_eps)
         stream = stream[:upto]
         negative = drop_last_text_chunk(stream, last_text_chunk_mask(encoded.chunk_ids, upto))

@@ -58,3 +58,28 @@ def test_bov_structure_is_checked(samples):
     sample.turns[1].parts = [p for p in sample.turns[1].parts if p.type != "bov"]
     with pytest.raises(ValueError, match="follow <BOV>"):
         to_conversation(sample, images)
+
+
+def test_the_frozen_mllm_stops_at_the_targets_bov(pair, samples):
+    """Stage 2's text stream for an image comes from the tokens before its <BOV>: the MLLM runs over those
+    only (not the whole conversation with the later images), and the stream equals the full run's rows."""
+    sample, images = samples[1]
+    enc = pair.mllm.encode(to_conversation(sample, images))
+    first = enc.bov_positions[0]
+    assert enc.image_spans[-1][0] > first  # its own image (at least) comes after it
+    seen = []
+    hook = pair.mllm.model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        text, _ = pair.text_streams(enc, first)
+    finally:
+        hook.remove()
+    assert seen == [first]
+    full = pair.mllm.layer_hidden_states(enc)
+    from duogen.model.connector import stack_layers
+
+    expected = stack_layers(full, eps=pair.config.connector.norm_eps)[:first]
+    torch.testing.assert_close(text, expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(Exception, match="cut through an image"):
+        enc.prefix(enc.image_spans[0][0] + 1)
