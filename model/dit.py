@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import DiTConfig
 from .connector import Connector
-from .errors import CheckpointMismatchError
+from .errors import CheckpointMismatchError, DuoGenInputError
 from .packing import Pack
 from .rope import CosmosRope3D, apply_rope
 
@@ -239,19 +239,39 @@ class DuoGenDiT(nn.Module):
             )
         self.rope = CosmosRope3D(cfg.attention_head_dim, cfg.rope_scale)
         self.gradient_checkpointing = False
+        self.text_projections = 0  # connector calls so far (inference projects once per image, not per step)
 
     @property
     def max_grid(self) -> tuple[int, int]:
         c = self.config
         return c.max_size[1] // c.patch_size[1], c.max_size[2] // c.patch_size[2]
 
+    def check_grid(self, frame_grid: list[tuple[int, int]]) -> None:
+        """Refuse frames larger than the positions the DiT was built for (`max_size`): a clear error instead
+        of an out-of-memory or RoPE tables indexed past their end."""
+        mh, mw = self.max_grid
+        for gh, gw in frame_grid:
+            if gh > mh or gw > mw:
+                ph, pw = self.config.patch_size[1:]
+                raise DuoGenInputError(
+                    f"a {gh * ph}x{gw * pw} latent ({gh}x{gw} patches) is larger than this DiT's largest, "
+                    f"{mh * ph}x{mw * pw} (max_size {tuple(self.config.max_size)}): use smaller images"
+                )
+
+    def project_text(self, text: torch.Tensor) -> torch.Tensor:
+        """The connector (`crossattn_proj`) on a text stream [..., L, connector_in] -> [..., L, D_text], in the
+        DiT's dtype. Inference calls it once per image and hands packs the result (`text_projected`):
+        the stream does not change across denoising steps or CFG branches."""
+        self.text_projections += 1
+        text = text.to(self.patch_embed.proj.weight.dtype)
+        return self.crossattn_proj(text) if self.config.use_crossattn_projection else text
+
     def forward(self, pack: Pack) -> torch.Tensor:
+        self.check_grid(pack.frame_grid)
         dtype = self.patch_embed.proj.weight.dtype
         x = self.patch_embed(pack.tokens.to(dtype))
         temb, embedded = self.time_embed(pack.sigmas, dtype)
-        text = pack.text.to(dtype)
-        if self.config.use_crossattn_projection:
-            text = self.crossattn_proj(text)
+        text = pack.text.to(dtype) if pack.text_projected else self.project_text(pack.text)
         cos, sin = self.rope(pack.rope_ids)
         ctx = _Context(pack, temb, embedded, text, cos, sin)
         for block in self.transformer_blocks:

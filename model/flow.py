@@ -115,12 +115,16 @@ def flow_matching_loss(
 
 # One DiT forward over a list of samples (each a list of frames) and their text streams, returning each
 # sample's per-frame outputs. `run_dit` is the plain one; a server passes its own to batch requests together.
+# The text streams it receives are already projected by the DiT's connector (`DuoGenDiT.project_text`).
 DiTForward = Callable[[list[list[Frame]], list[torch.Tensor]], list[list[torch.Tensor]]]
 
 
 def run_dit(dit: torch.nn.Module, samples: list[list[Frame]], texts: list[torch.Tensor]):
-    """One packed forward: samples of any sizes go through the DiT together; outputs come back per sample."""
-    pack = pack_samples(samples, texts, dit.config.patch_size, max_frames=dit.config.max_frames)
+    """One packed forward: samples of any sizes go through the DiT together; outputs come back per sample.
+    `texts` are projected streams (`dit.project_text`): inference projects each image's stream once."""
+    pack = pack_samples(
+        samples, texts, dit.config.patch_size, max_frames=dit.config.max_frames, text_projected=True
+    )
     return unpack(dit(pack), pack, dit.config.out_channels)
 
 
@@ -152,6 +156,10 @@ def sample_latent(
     `run_dit` (a server's batcher packs several requests' steps into one forward).
     """
     forward = forward or (lambda samples, texts: run_dit(dit, samples, texts))
+    ph, pw = dit.config.patch_size[1:]
+    dit.check_grid([(latent_hw[0] // ph, latent_hw[1] // pw)])  # before any work
+    text = dit.project_text(text)  # once per image: the stream is the same at every step and branch
+    negative = dit.project_text(negative) if negative is not None else None
     scheduler = make_scheduler(cfg.sampler, cfg.shift)
     scheduler.set_timesteps(cfg.num_inference_steps)
     device = text.device

@@ -177,11 +177,15 @@ def generate(
     generator = torch.Generator().manual_seed(opts.seed)
     usage = Usage()
     turns = to_turns(conversation)
+    pair.check_image_size(opts.image_size, "the requested image size")
+    given = [p.image for t in turns for p in t.parts if isinstance(p, ImagePart)]
+    for k, image in enumerate(given):  # condition frames go in at full size: refuse before any work
+        pair.check_image_size(image.size, f"input image {k + 1}")
     enc = mllm.encode(turns, add_generation_prompt=True)
     usage.prompt_tokens = len(enc)
     latents = _Latents(pair, opts.use_cache, usage)
-    for part in (p for t in turns for p in t.parts if isinstance(p, ImagePart)):
-        latents.add(part.image)  # full size: the MLLM sees its own 480 px copies
+    for image in given:
+        latents.add(image)  # full size: the MLLM sees its own 480 px copies
     last_size = latents.images[-1].size if latents.images else opts.image_size
     session = MLLMSession(mllm, use_cache=opts.use_cache, norm_eps=cfg.connector.norm_eps)
     session.advance(enc)

@@ -41,6 +41,7 @@ class Pack:
     text_mask: torch.Tensor  # [S, L] True where a text token is real
     patch_size: tuple[int, int, int]
     channels: int
+    text_projected: bool = False  # `text` already went through the DiT's connector (`DuoGenDiT.project_text`)
     _uniform: bool | None = field(default=None, repr=False)
 
     @property
@@ -86,6 +87,7 @@ def pack_samples(
     max_frames: int | None = None,
     max_grid: tuple[int, int] | None = None,
     concat_padding_mask: bool = True,
+    text_projected: bool = False,
 ) -> Pack:
     """Patchify every frame (adding condition-mask and padding-mask channels) and lay samples end to end."""
     if not samples:
@@ -148,6 +150,7 @@ def pack_samples(
         text_mask=text_mask,
         patch_size=patch_size,
         channels=channels,
+        text_projected=text_projected,
     )
 
 

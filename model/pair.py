@@ -84,6 +84,24 @@ class DuoGenPair(nn.Module):
         """Image sides must be multiples of this: VAE compression x DiT patch."""
         return self.vae.compression * self.config.dit.patch_size[1]
 
+    @property
+    def max_image_size(self) -> tuple[int, int]:
+        """(width, height) in pixels of the largest picture the DiT draws or takes as a condition frame."""
+        gh, gw = self.dit.max_grid
+        return gw * self.pixel_multiple, gh * self.pixel_multiple
+
+    def check_image_size(self, size: tuple[int, int], what: str) -> None:
+        """A clear error for a picture larger than the DiT's positions (it would otherwise run out of memory
+        or past its RoPE tables), named by `what` ("input image 2", "the requested size")."""
+        m = self.pixel_multiple
+        w, h = (max(m, round(side / m) * m) for side in size)
+        mw, mh = self.max_image_size
+        if w > mw or h > mh:
+            raise DuoGenInputError(
+                f"{what} is {size[0]}x{size[1]} px; this pair draws and conditions on pictures of at most "
+                f"{mw}x{mh} px: send a smaller one"
+            )
+
     def text_streams(
         self, encoded: EncodedConversation, upto: int, stream: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,9 @@ after `<BOV>`) through Qwen2.5-VL with the KV cache, so the cache is extended an
 (mRoPE) positions of the new chunk are computed on the chunk alone and shifted by the next free position,
 which gives exactly the positions of a full-sequence pass. Each fed token's hidden states of all decoder
 layers are normalised and concatenated once (the connector's input, per token), so the DiT's text stream
-for a `<BOV>` at position p is a slice, not a re-run of the prompt.
+for a `<BOV>` at position p is a slice, not a re-run of the prompt. Those rows (100352 wide in production)
+live in one buffer in the model's dtype that grows by doubling, so a long answer copies them O(log T)
+times, not once per generated token.
 
 With `use_cache=False` the same API re-runs the whole sequence every time: the reference the cached path
 must reproduce, and the baseline of the cache benchmark.
@@ -29,7 +31,9 @@ class MLLMSession:
         self.cache = DynamicCache(config=mllm.model.config) if use_cache else None
         self.fed = 0  # tokens of the conversation already in the cache
         self.next_position = 0  # first free (1-D) mRoPE position
-        self.stream: torch.Tensor | None = None  # [T, layers * hidden]: connector input per token
+        self._rows: torch.Tensor | None = None  # [capacity, layers * hidden]: connector input per token
+        self._filled = 0
+        self.reallocations = 0  # times the row buffer grew
         self.logits: torch.Tensor | None = None  # next-token logits after the last fed token
         self.prefill_tokens = 0  # tokens run through the MLLM (the cost the cache saves)
 
@@ -69,11 +73,29 @@ class MLLMSession:
         )
         layers = torch.stack(out.hidden_states[1:], dim=0)[:, 0]  # [L, n, H]
         rows = stack_layers(layers, eps=self.norm_eps)
-        self.stream = rows if self.stream is None or not self.use_cache else torch.cat([self.stream, rows])
+        self._keep(rows, reset=not self.use_cache)
         self.logits = self.mllm.model.lm_head(out.last_hidden_state[0, -1])
         self.prefill_tokens += int(ids.shape[0])
         self.fed = len(enc)
         self.next_position = int(positions.max()) + 1
+
+    def _keep(self, rows: torch.Tensor, reset: bool) -> None:
+        start = 0 if reset else self._filled
+        needed = start + rows.shape[0]
+        if self._rows is None or needed > self._rows.shape[0]:
+            grown = max(needed, 2 * (0 if self._rows is None else self._rows.shape[0]), 64)
+            buffer = rows.new_empty((min(grown, max(needed, self.mllm.cfg.max_context)), rows.shape[1]))
+            if self._rows is not None and start:
+                buffer[:start] = self._rows[:start]
+            self._rows = buffer
+            self.reallocations += 1
+        self._rows[start:needed] = rows
+        self._filled = needed
+
+    @property
+    def stream(self) -> torch.Tensor | None:
+        """[T, layers * hidden]: the connector input of every fed token (a view of the buffer)."""
+        return None if self._rows is None else self._rows[: self._filled]
 
     def text_stream(self, upto: int) -> torch.Tensor:
         """Connector input for the tokens before position `upto` (a `<BOV>`), from the kept hidden states."""

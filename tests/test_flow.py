@@ -11,11 +11,13 @@ from duogen.model.flow import (
     TrainingExample,
     drop_last_text_chunk,
     flow_matching_loss,
+    run_dit,
     sample_latent,
     sample_training_sigmas,
     source_of,
     to_velocity,
 )
+from duogen.model.packing import Frame, pack_samples, unpack
 from duogen.model.presets import tiny
 
 
@@ -152,6 +154,7 @@ def test_residual_dit_that_changes_nothing_redraws_the_previous_picture(setup):
 
     class Zero(torch.nn.Module):
         config = dit.config
+        check_grid, project_text = dit.check_grid, dit.project_text
 
         def forward(self, pack):
             return torch.zeros_like(dit(pack))
@@ -183,6 +186,7 @@ def test_bridge_loss_targets_the_velocity_from_the_previous_picture(setup):
 
     class Zero(torch.nn.Module):
         config = dit.config
+        check_grid, project_text = dit.check_grid, dit.project_text
 
         def forward(self, pack):
             return torch.zeros_like(dit(pack))
@@ -194,3 +198,45 @@ def test_bridge_loss_targets_the_velocity_from_the_previous_picture(setup):
     other = TrainingExample([picture, torch.randn(16, 6, 10)], 1, torch.randn(3, width))
     assert flow_matching_loss(Zero(), [same], flow, torch.Generator().manual_seed(0)).item() < 1e-10
     assert flow_matching_loss(Zero(), [other], flow, torch.Generator().manual_seed(0)).item() > 0.5
+
+
+def test_the_connector_runs_once_per_image_not_per_step_and_branch(setup):
+    """The text stream is the same at every denoising step and in both CFG branches: `sample_latent`
+    projects it (and the negative) once. The result equals the per-step projection it replaced."""
+    cfg, dit = setup
+    flow = dataclasses.replace(cfg.flow, sampler="euler", num_inference_steps=6, guidance_scale=3.0)
+    width = cfg.dit.crossattn_proj_in_channels
+    cond, text, neg = [torch.randn(16, 8, 8)], torch.randn(5, width), torch.randn(2, width)
+    forwards = []
+
+    def counted(samples, texts):
+        forwards.append(len(samples))
+        return run_dit(dit, samples, texts)
+
+    before = dit.text_projections
+    once = sample_latent(dit, cond, (6, 10), text, neg, flow, torch.Generator().manual_seed(3), counted)
+    assert dit.text_projections - before == 2 and forwards == [2] * 6  # 6 steps x 2 branches, 2 projections
+
+    def per_step(samples, texts):  # the old way: raw streams projected inside every forward
+        raw = [text if t.shape[0] == text.shape[0] else neg for t in texts]
+        pack = pack_samples(samples, raw, dit.config.patch_size, max_frames=dit.config.max_frames)
+        return unpack(dit(pack), pack, dit.config.out_channels)
+
+    before = dit.text_projections
+    again = sample_latent(dit, cond, (6, 10), text, neg, flow, torch.Generator().manual_seed(3), per_step)
+    assert dit.text_projections - before == 2 + 6  # ...and again in each of the 6 forwards
+    torch.testing.assert_close(once, again, atol=1e-5, rtol=1e-5)
+
+
+def test_an_oversized_latent_is_refused_before_any_work(setup):
+    cfg, dit = setup
+    width = cfg.dit.crossattn_proj_in_channels
+    mh, mw = dit.max_grid
+    ph = cfg.dit.patch_size[1]
+    before = dit.text_projections
+    with pytest.raises(DuoGenInputError, match="larger than this DiT's largest"):
+        sample_latent(dit, [], ((mh + 1) * ph, 4), torch.randn(2, width), None, cfg.flow)
+    assert dit.text_projections == before  # refused first, nothing ran
+    frames = [Frame(torch.randn(16, (mh + 1) * ph, 4), 0.5, False)]
+    with pytest.raises(DuoGenInputError, match="larger than this DiT's largest"):
+        dit(pack_samples([frames], [torch.randn(2, width)], cfg.dit.patch_size))  # training's path too

@@ -166,3 +166,16 @@ def test_structure_tokens_are_never_generated(pair, monkeypatch):
     assert events[-1].usage.new_tokens == 5 and "<|image_pad|>" not in "".join(
         e.text for e in events if isinstance(e, TextDelta)
     )
+
+
+def test_oversized_pictures_get_a_clear_error_before_any_work(pair):
+    mw, mh = pair.max_image_size
+    with pytest.raises(
+        DuoGenInputError, match=rf"the requested image size is {mw + 64}x64 px.*at most {mw}x{mh}"
+    ):
+        _run(pair, image_size=(mw + 64, 64))
+    big = Image.new("RGB", (64, mh + 64))
+    conv = [{"role": "user", "content": [{"type": "text", "text": "edit"}, {"type": "image", "image": big}]}]
+    with pytest.raises(DuoGenInputError, match="input image 1 is 64x"):
+        _run(pair, conv)
+    _run(pair, image_size=(mw, 64), max_new_tokens=1)  # the largest size itself is fine

@@ -54,3 +54,21 @@ def test_uncached_session_reruns_everything(mllm):
     )
     with pytest.raises(ValueError, match="hidden states cover"):
         cached.text_stream(len(enc) + 1)
+
+
+def test_kept_rows_grow_by_doubling_in_the_model_dtype(mllm):
+    """One generated token at a time: the rows are copied O(log T) times (a `torch.cat` per token copied
+    them T times), stay in the model's dtype and still equal a full forward's."""
+    session = MLLMSession(mllm, use_cache=True)
+    enc = mllm.encode([{"role": "user", "content": "draw"}], add_generation_prompt=True)
+    session.advance(enc)
+    for token in range(200):
+        enc = append_tokens(enc, [65 + token % 20], mllm.tokenizer)
+        session.advance(enc)
+    assert session.reallocations <= 4  # 64 -> 128 -> 256 rows (capped by the context)
+    assert session.stream.dtype == next(mllm.model.parameters()).dtype
+    assert (
+        session.stream.shape[0] == len(enc) and session.stream.data_ptr() == session.text_stream(1).data_ptr()
+    )
+    full = stack_layers(mllm.layer_hidden_states(enc))
+    torch.testing.assert_close(session.text_stream(len(enc)), full, atol=1e-5, rtol=1e-5)
