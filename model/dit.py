@@ -259,8 +259,8 @@ class DuoGenDiT(nn.Module):
                 )
 
     def project_text(self, text: torch.Tensor) -> torch.Tensor:
-        """The connector (`crossattn_proj`) on a text stream [..., L, connector_in] -> [..., L, D_text], in the
-        DiT's dtype. Inference calls it once per image and hands packs the result (`text_projected`):
+        """The connector (`crossattn_proj`) on a text stream [..., L, connector_in] -> [..., L, D_text], in
+        the DiT's dtype. Inference calls it once per image and hands packs the result (`text_projected`):
         the stream does not change across denoising steps or CFG branches."""
         self.text_projections += 1
         text = text.to(self.patch_embed.proj.weight.dtype)

@@ -126,7 +126,8 @@ def test_a_cancelled_request_stops_at_its_next_denoising_step(pair):
 
 def test_the_batcher_waits_for_every_drawing_request(pair):
     batcher = DiTBatcher(pair.dit, max_batch=8, max_wait_s=5.0)
-    text = pair.dit.project_text(torch.randn(5, pair.config.connector.in_channels))  # as sample_latent hands it
+    # projected, as sample_latent hands texts to the batcher
+    text = pair.dit.project_text(torch.randn(5, pair.config.connector.in_channels))
     from duogen.model.packing import Frame
 
     samples = [[Frame(torch.randn(16, 8, 8), 0.5, False)]]

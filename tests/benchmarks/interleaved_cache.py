@@ -6,18 +6,25 @@ seed: with the KV and latent caches, and with them turned off (the same code re-
 whole sequence per token and re-encoding every earlier image per new one). Reported: VAE encodes, MLLM
 prefill tokens, non-DiT seconds (wall time minus DiT sampling time) for both, `speedup` (naive / cached
 non-DiT time, target >= 3) and `per_image_overhead_growth` (cached non-DiT time of image 8 / image 1,
-target <= 1.5), plus whether both runs wrote the same text.
+target <= 1.5), plus whether both runs wrote the same text. Then the DiT side of one image (CFG, the tiny
+flow's steps, a 200-token text stream) with the connector projected once per image against once per step
+and branch (the old way), measured in the same run at the tiny pair's connector width and at production's
+(28 layers x 3584 = 100352 channels into the tiny DiT).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
 
 import torch
 
+from duogen.model.dit import DuoGenDiT
+from duogen.model.flow import sample_latent
 from duogen.model.generate import Finished, GenerationOptions, TextDelta, generate
+from duogen.model.packing import pack_samples, unpack
 from duogen.model.pair import DuoGenPair
 from duogen.model.presets import tiny
 
@@ -45,6 +52,34 @@ def run(pair: DuoGenPair, use_cache: bool) -> tuple[float, Finished, str]:
     return seconds, events[-1], text
 
 
+def connector_seconds(width: int, text_tokens: int = 200) -> dict[str, float]:
+    """DiT-side seconds of one 64x64 image: the connector once per image vs inside every forward."""
+    cfg = tiny()
+    dit = DuoGenDiT(dataclasses.replace(cfg.dit, crossattn_proj_in_channels=width)).eval()
+    text, negative = torch.randn(text_tokens, width), torch.randn(text_tokens // 2, width)
+    cond = [torch.randn(cfg.dit.out_channels, 8, 8)]
+
+    def per_step(samples, texts):  # what every forward did before: project the raw streams again
+        raw = [text if t.shape[0] == text.shape[0] else negative for t in texts]
+        pack = pack_samples(samples, raw, dit.config.patch_size, max_frames=dit.config.max_frames)
+        return unpack(dit(pack), pack, dit.config.out_channels)
+
+    def seconds(forward) -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            sample_latent(
+                dit, cond, (8, 8), text, negative, cfg.flow, torch.Generator().manual_seed(0), forward
+            )
+        return time.perf_counter() - start
+
+    seconds(None)
+    once, each = [], []
+    for _ in range(REPEATS + 2):
+        once.append(seconds(None))
+        each.append(seconds(per_step))
+    return {"once": statistics.median(once), "per_step": statistics.median(each)}
+
+
 def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -64,6 +99,8 @@ def main() -> None:
     per_image = [statistics.median(col) for col in zip(*timings, strict=True)]
     first = statistics.median(per_image[:2])  # medians of two: single timings of ~10 ms are noisy
     last = statistics.median(per_image[-2:])
+    small = connector_seconds(pair.config.connector.in_channels)
+    wide = connector_seconds(28 * 3584)
     print(
         json.dumps(
             {
@@ -83,6 +120,12 @@ def main() -> None:
                 "per_image_overhead_last_s": round(last, 4),
                 "per_image_overhead_growth": round(last / first, 3),
                 "same_text": text_c == text_n,
+                "dit_seconds_per_image_connector_once": round(small["once"], 4),
+                "dit_seconds_per_image_connector_per_step": round(small["per_step"], 4),
+                "connector_once_speedup": round(small["per_step"] / small["once"], 3),
+                "dit_seconds_per_image_connector_once_100352": round(wide["once"], 4),
+                "dit_seconds_per_image_connector_per_step_100352": round(wide["per_step"], 4),
+                "connector_once_speedup_100352": round(wide["per_step"] / wide["once"], 3),
                 "repeats": REPEATS,
             }
         )
