@@ -197,3 +197,59 @@ def test_pack_by_token_budget_keeps_order_and_isolates_oversized_examples():
     packs = pack_by_token_budget(examples, 12, (1, 2, 2))
     assert [[example_tokens(e, (1, 2, 2)) for e in p] for p in packs] == [[4, 8], [64], [4]]
     assert [e for p in packs for e in p] == examples
+
+
+@pytest.mark.parametrize("fp8", [None, "delayed"])
+def test_a_one_process_run_trains_on_its_gpu(shards, tmp_path, monkeypatch, fp8):
+    """No process group (WORLD_SIZE=1, tp=1): the pair still goes to this process's GPU, before any
+    Transformer Engine / FP8 layer is built, and autocast is on. CUDA is faked (this machine has none):
+    `is_available` says yes, and moves and TE layer swaps are recorded instead of done."""
+    import duogen.components.training.loop as loop
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    events = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: events.append(("set_device", str(d))))
+    monkeypatch.setattr(DuoGenPair, "to", lambda self, d: events.append(("to", str(d))) or self)
+    monkeypatch.setattr(loop, "parallelize_dit", lambda dit, tp, fp8: events.append(("te_layers", tp, fp8)))
+    trainer = Trainer(_cfg(shards, tmp_path, stage="stage2", fp8=fp8), progress=False)
+    assert trainer.parallel is None and trainer.device == torch.device("cuda", 1)
+    expected = [("set_device", "cuda:1"), ("to", "cuda:1")] + ([("te_layers", 1, "delayed")] if fp8 else [])
+    assert events == expected
+    monkeypatch.setattr(torch, "autocast", lambda device, dtype, enabled: (device, dtype, enabled))
+    assert trainer.autocast() == ("cuda", torch.bfloat16, True)  # a CPU build cannot make a CUDA autocast
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = Trainer(_cfg(shards, tmp_path / "cpu", stage="stage2"), progress=False)
+    assert cpu.device == torch.device("cpu") and cpu.autocast() == ("cpu", torch.bfloat16, False)
+
+
+def test_checkpoints_keep_every_rng_cuda_and_megatrons_tracker_included(tmp_path, monkeypatch):
+    """A resumed run draws what the uninterrupted one would: CPU, Python and NumPy generators, CUDA's (faked
+    here: this machine has none) and megatron's model-parallel tracker (a training tracker set by hand)."""
+    import random
+
+    import numpy as np
+    from megatron.core.tensor_parallel import random as megatron_random
+
+    from duogen.components.training import checkpoint
+
+    monkeypatch.setattr(megatron_random, "_CUDA_RNG_STATE_TRACKER", None)  # restored after the test
+    monkeypatch.setattr(megatron_random, "_CUDA_RNG_STATE_TRACKER_INITIALIZED", False)
+    megatron_random.initialize_rng_tracker()
+    tracker = megatron_random.get_cuda_rng_tracker()
+    tracker.set_states({"model-parallel-rng": torch.arange(16, dtype=torch.uint8)})
+    cuda = {"states": [torch.arange(8, dtype=torch.uint8), torch.arange(8, 16, dtype=torch.uint8)]}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in cuda["states"]])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: cuda.update(states=list(states)))
+    blob = checkpoint._rng_state()
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(123), random.seed(5), np.random.seed(7)  # a restarted process starts elsewhere
+    cuda["states"] = [torch.zeros(8, dtype=torch.uint8)] * 2
+    tracker.set_states({"model-parallel-rng": torch.zeros(16, dtype=torch.uint8)})
+    checkpoint._set_rng_state(blob)
+    assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
+    assert np.random.rand() == expected[2]
+    assert [s.tolist() for s in cuda["states"]] == [list(range(8)), list(range(8, 16))]
+    assert torch.equal(tracker.get_states()["model-parallel-rng"], torch.arange(16, dtype=torch.uint8))

@@ -1,8 +1,9 @@
 """Resumable checkpoints with torch.distributed.checkpoint (DCP), in a local folder or on S3.
 
 A checkpoint holds everything a resumed run needs to continue the same loss curve: the trainable weights,
-the optimizer and scheduler states, the EMA weights (if kept), every RNG (torch, Python, NumPy; one per rank)
-and the global data position. Each one is a folder `step-NNNNNNN` under the checkpoint location (a path or
+the optimizer and scheduler states, the EMA weights (if kept), every RNG (torch's CPU and, on GPU nodes, CUDA
+generators, megatron's model-parallel CUDA RNG tracker when one is set up, Python, NumPy; one per rank) and
+the global data position. Each one is a folder `step-NNNNNNN` under the checkpoint location (a path or
 `s3://bucket/prefix`, see `storage`); `latest` names the newest complete one and is written last, through the
 same filesystem, so a run killed while saving resumes from the previous checkpoint. A process group is
 optional: single-process runs save without one; distributed runs call `save`/`load` on every rank.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import sys
 import warnings
 
 import numpy as np
@@ -39,10 +41,23 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+def _rng_tracker():
+    """megatron's CUDA RNG tracker (the dropout streams of tensor-parallel regions) when this process set
+    one up; None otherwise (megatron never imported, or no tracker yet)."""
+    random_module = sys.modules.get("megatron.core.tensor_parallel.random")
+    if random_module is None or not random_module._CUDA_RNG_STATE_TRACKER_INITIALIZED:
+        return None
+    return random_module.get_cuda_rng_tracker()
+
+
 def _rng_state() -> bytes:
-    return pickle.dumps(
-        {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    )
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    tracker = _rng_tracker()
+    if tracker is not None:
+        state["tracker"] = {k: v.cpu() if torch.is_tensor(v) else v for k, v in tracker.get_states().items()}
+    return pickle.dumps(state)
 
 
 def _set_rng_state(blob: bytes) -> None:
@@ -50,6 +65,11 @@ def _set_rng_state(blob: bytes) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    tracker = _rng_tracker()
+    if "tracker" in state and tracker is not None:
+        tracker.set_states(state["tracker"])
 
 
 def _tensor_parallel(model):

@@ -50,6 +50,7 @@ from .parallelize import (
     ParallelState,
     gather_full_state_dict,
     init_distributed,
+    local_device,
     parallelize_dit,
     parallelize_mllm,
     shutdown_distributed,
@@ -152,6 +153,7 @@ class Trainer:
         self.dp_rank = self.parallel.dp_rank if self.parallel else 0
         self.dp_size = self.parallel.dp_size if self.parallel else 1
         self.progress = progress and self.is_main
+        self.device = self.parallel.device if self.parallel else local_device()
         torch.manual_seed(cfg.seed)
         self.pair = (
             DuoGenPair.build(get_preset(cfg.model), seed=cfg.seed)
@@ -183,6 +185,7 @@ class Trainer:
         for p in self.model.parameters():
             p.requires_grad_(True)
         self.model.train()
+        self.pair.to(self.device)  # before TP/TE/FP8 swap layers in: those are built where the model is
         if cfg.activation_checkpointing:
             if cfg.stage == "stage1":
                 self.model.gradient_checkpointing_enable()
@@ -223,8 +226,6 @@ class Trainer:
         """Tensor parallelism (and TE/FP8 layers) applied to the built model, in place."""
         if self.parallel is None and self.cfg.fp8 is None:
             return
-        if self.parallel is not None and self.parallel.device.type == "cuda":
-            self.pair.to(self.parallel.device)
         tp = self.parallel.tp_size if self.parallel else 1
         if self.cfg.stage == "stage2":
             parallelize_dit(self.pair.dit, tp, fp8=self.cfg.fp8)
@@ -267,7 +268,8 @@ class Trainer:
         sample, images = self.samples[rng.choices(range(len(self.samples)), self.weights)[0]]
         if self.cfg.stage == "stage1":
             return stage1_example(self.pair, sample, images)
-        return stage2_example(self.pair, sample, images, rng, self.cfg.text_dropout)
+        with self.autocast():  # the frozen MLLM and VAE run in the training dtype too
+            return stage2_example(self.pair, sample, images, rng, self.cfg.text_dropout)
 
     def micro_batches(self, position: int) -> list[list]:
         """This rank's examples of the step starting at global data `position`, split into the micro-batches
@@ -284,10 +286,13 @@ class Trainer:
         examples = [ex for group in groups for ex in group]
         return pack_by_token_budget(examples, cfg.token_budget, self.pair.config.dit.patch_size)
 
+    def autocast(self):
+        """bf16 autocast on a GPU (the trained part and the frozen ones alike); nothing on the CPU."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
     def micro_loss(self, step: int, micro: int, examples: list) -> torch.Tensor:
         """The mean loss of one micro-batch."""
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.cuda.is_available())
-        with autocast, fp8_autocast(self.model):
+        with self.autocast(), fp8_autocast(self.model):
             if self.cfg.stage == "stage1":
                 return self.loss_module(examples)
             # timesteps and noise: the same on the ranks of a TP group, different per data-parallel rank

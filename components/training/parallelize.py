@@ -110,6 +110,16 @@ class ParallelState:
         return self.rank == 0
 
 
+def local_device() -> torch.device:
+    """This process's device: its GPU (`cuda:LOCAL_RANK`, made current) when CUDA is available, else the
+    CPU. A one-process run uses it too: a GPU node trains on its GPU with or without a process group."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(device)
+    return device
+
+
 def init_distributed(
     tp: int = 1, *, backend: str | None = None, seed: int = 0, timeout_minutes: int = 30
 ) -> ParallelState:
@@ -122,11 +132,9 @@ def init_distributed(
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if tp < 1 or world % tp:
         raise ValueError(f"tensor-parallel size {tp} must divide the world size {world}")
-    cuda = torch.cuda.is_available()
+    device = local_device()
+    cuda = device.type == "cuda"
     backend = backend or ("nccl" if cuda else "gloo")
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
