@@ -8,7 +8,13 @@ import pytest
 from PIL import Image
 
 from duogen.components.curation.sample import Lineage, Part, Sample, SampleFormatError, Turn, sha256
-from duogen.components.curation.shards import manifest_path, read_manifest, read_shard, write_shard
+from duogen.components.curation.shards import (
+    index_shard,
+    manifest_path,
+    read_manifest,
+    read_shard,
+    write_shard,
+)
 
 
 def _png(colour) -> bytes:
@@ -46,6 +52,9 @@ def test_round_trip_through_a_shard(tmp_path):
     back = list(read_shard(tmp_path / "shard-000.tar"))
     assert [s for s, _ in back] == [s for s, _ in items]
     assert [imgs for _, imgs in back] == [imgs for _, imgs in items]
+    indexed = list(index_shard(tmp_path / "shard-000.tar"))  # images left in the tar until asked for
+    assert [e.sample for e in indexed] == [s for s, _ in items]
+    assert [e.read_images() for e in indexed] == [imgs for _, imgs in items]
 
 
 def test_same_samples_give_the_same_bytes(tmp_path):
@@ -63,6 +72,8 @@ def test_altered_shard_or_missing_manifest_is_refused(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(SampleFormatError, match="does not match its manifest"):
         list(read_shard(path))
+    with pytest.raises(SampleFormatError, match="does not match its manifest"):
+        list(index_shard(path))
     manifest_path(path).unlink()
     with pytest.raises(SampleFormatError, match="has no manifest"):
         list(read_shard(path))

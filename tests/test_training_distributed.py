@@ -83,7 +83,7 @@ def test_tp2_under_torchrun_matches_one_process(shards, single, tmp_path, stage)
     got, want = exported(summary["model"], part), exported(single[stage]["model"], part)
     assert got.keys() == want.keys()
     assert all(got[k].shape == want[k].shape for k in want)
-    for k in want:  # float summation order differs under TP; compounded over the steps, relative to the weight
+    for k in want:  # summation order differs under TP; compounded over the steps: relative to the weight
         torch.testing.assert_close(got[k], want[k], atol=TOL, rtol=10 * TOL, msg=k)
 
 

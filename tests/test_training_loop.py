@@ -253,3 +253,36 @@ def test_checkpoints_keep_every_rng_cuda_and_megatrons_tracker_included(tmp_path
     assert np.random.rand() == expected[2]
     assert [s.tolist() for s in cuda["states"]] == [list(range(8)), list(range(8, 16))]
     assert torch.equal(tracker.get_states()["model-parallel-rng"], torch.arange(16, dtype=torch.uint8))
+
+
+def test_ranks_read_only_their_own_examples_and_keep_no_images_in_memory(shards, tmp_path, monkeypatch):
+    """The trainer keeps an index (sample text + where its images sit in the shard); each data-parallel
+    rank reads the image bytes of its own examples only, when it draws them, and the two ranks together
+    read exactly what one process reads for the same global batch. From a checkpointed position the draw
+    continues as the uninterrupted run's."""
+    from duogen.components.curation.shards import IndexedSample
+
+    reads = []
+    real = IndexedSample.read_images
+    monkeypatch.setattr(IndexedSample, "read_images", lambda self: reads.append(self.sample.id) or real(self))
+    trainer = Trainer(_cfg(shards, tmp_path, stage="stage1", batch_size=2, grad_accum=2), progress=False)
+    assert reads == [] and all(isinstance(e, IndexedSample) for e in trainer.samples)
+    assert not any(isinstance(v, bytes) for e in trainer.samples for v in vars(e).values())
+
+    def ids_read(dp_rank: int, dp_size: int, position: int) -> list[str]:
+        trainer.dp_rank, trainer.dp_size = dp_rank, dp_size
+        reads.clear()
+        trainer.micro_batches(position)
+        return list(reads)
+
+    whole = ids_read(0, 1, position=8)  # one process, batch 2 x 2 accumulation
+    rank0, rank1 = ids_read(0, 2, position=8), ids_read(1, 2, position=8)
+    assert len(rank0) == len(rank1) == 4  # each rank reads its own share
+    assert sorted(rank0 + rank1) == sorted(whole + ids_read(0, 1, position=12))  # = the global batch of 8
+    resumed = Trainer(
+        _cfg(shards, tmp_path / "again", stage="stage1", batch_size=2, grad_accum=2), progress=False
+    )
+    resumed.dp_rank, resumed.dp_size = 1, 2
+    reads.clear()
+    resumed.micro_batches(8)
+    assert reads == rank1  # a restarted process at the checkpointed position draws the same examples

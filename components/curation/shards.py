@@ -1,5 +1,8 @@
 """Shards: WebDataset tar files of samples + images, each with a manifest (counts, sizes, hash).
 
+`read_shard` yields whole samples (images included); `index_shard` yields them with only the places of their
+images in the tar, for readers that keep many samples but decode few at a time (training).
+
 Inside a tar, a sample is the group of members sharing a key: `KEY.json` (the sample) and `KEY.REF` for
 each image it references (REF like `img0.png`). A shard is written to a temporary name and renamed at the
 end, with its manifest last, so a shard with a manifest is complete and a killed writer leaves none.
@@ -14,6 +17,7 @@ import re
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .sample import Sample, SampleFormatError, sha256
@@ -102,3 +106,61 @@ def read_shard(path: str | Path, verify: bool = True) -> Iterator[tuple[Sample, 
         if missing:
             raise SampleFormatError(f"shard {path.name}: sample {key!r} references missing images {missing}")
         yield sample, {r: files[r] for r in sample.image_refs()}
+
+
+@dataclass(frozen=True)
+class IndexedSample:
+    """A sample whose images stay in its shard: where each image's bytes sit (offset, size) in the tar."""
+
+    sample: Sample
+    shard: Path
+    images: tuple[tuple[str, int, int], ...]  # (ref, offset, size)
+
+    def read_images(self) -> dict[str, bytes]:
+        with open(self.shard, "rb") as f:
+            out = {}
+            for ref, offset, size in self.images:
+                f.seek(offset)
+                out[ref] = f.read(size)
+            return out
+
+
+def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def index_shard(path: str | Path, verify: bool = True) -> Iterator[IndexedSample]:
+    """The shard's samples without their image bytes (read later with `IndexedSample.read_images`): a
+    training process keeps this index in memory, not the images. With `verify` the tar must match its
+    manifest's hash (checked in chunks, never the whole file in memory)."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if verify and _file_sha256(path) != manifest["sha256"]:
+        raise SampleFormatError(f"shard {path.name} does not match its manifest hash (corrupt or altered)")
+    records: dict[str, bytes] = {}
+    places: dict[str, dict[str, tuple[int, int]]] = {}
+    with tarfile.open(path, "r") as tar:
+        for member in tar:
+            key, _, suffix = member.name.partition(".")
+            if suffix == "json":
+                records[key] = tar.extractfile(member).read()
+            else:
+                places.setdefault(key, {})[suffix] = (member.offset_data, member.size)
+    for key in places.keys() - records.keys():
+        raise SampleFormatError(f"shard {path.name}: key {key!r} has images but no sample JSON")
+    for key, raw in records.items():
+        try:
+            sample = Sample.from_dict(json.loads(raw))
+        except json.JSONDecodeError as err:
+            raise SampleFormatError(f"shard {path.name}: sample {key!r} is not valid JSON ({err})") from None
+        found = places.get(key, {})
+        missing = [r for r in sample.image_refs() if r not in found]
+        if missing:
+            raise SampleFormatError(f"shard {path.name}: sample {key!r} references missing images {missing}")
+        yield IndexedSample(sample, path, tuple((r, *found[r]) for r in sample.image_refs()))

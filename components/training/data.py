@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from duogen.components.curation.sample import Sample
-from duogen.components.curation.shards import read_shard
+from duogen.components.curation.shards import IndexedSample, index_shard, read_shard
 from duogen.model.chat import EncodedConversation, ImagePart, TextPart, Turn
 from duogen.model.flow import TrainingExample
 from duogen.model.pair import DuoGenPair
@@ -28,6 +28,12 @@ from duogen.model.pair import DuoGenPair
 def iter_samples(shards: Sequence[str | Path]) -> Iterator[tuple[Sample, dict[str, bytes]]]:
     for shard in shards:
         yield from read_shard(shard)
+
+
+def index_samples(shards: Sequence[str | Path]) -> Iterator[IndexedSample]:
+    """Every sample of the shards with its images left in place (see `shards.index_shard`)."""
+    for shard in shards:
+        yield from index_shard(shard)
 
 
 def to_conversation(sample: Sample, images: dict[str, bytes]) -> list[Turn]:

@@ -44,7 +44,7 @@ from duogen.platform.model_store import local_pair_dir
 
 from . import checkpoint
 from .config import TrainConfig
-from .data import iter_samples, pack_by_token_budget, stage1_example, stage2_example
+from .data import index_samples, pack_by_token_budget, stage1_example, stage2_example
 from .fp8 import fp8_autocast
 from .parallelize import (
     ParallelState,
@@ -160,23 +160,23 @@ class Trainer:
             if cfg.model in PRESETS
             else DuoGenPair.from_pretrained(local_pair_dir(cfg.model))
         )
-        # The evaluation split (held out by hash in the synthetic stage) never trains.
+        # An index of the samples (their text and where their images sit in the shards), not the images: each
+        # rank reads the image bytes of its own examples when it draws them. The evaluation split (held out
+        # by hash in the synthetic stage) never trains.
         self.samples = [
-            (s, images)
-            for s, images in iter_samples(shard_files(cfg.shards))
-            if s.lineage.stages.get("split") != "eval"
-        ]
+            entry for entry in index_samples(shard_files(cfg.shards))
+            if entry.sample.lineage.stages.get("split") != "eval"
+        ]  # fmt: skip
         if cfg.stage == "stage2":
             self.samples = [
-                s for s in self.samples if any(p.type == "bov" for t in s[0].turns for p in t.parts)
+                e for e in self.samples if any(p.type == "bov" for t in e.sample.turns for p in t.parts)
             ]
         if not self.samples:
             raise ValueError("the shards hold no usable samples for " + cfg.stage)
-        weights = [cfg.mix.get(s.source, 0.0 if cfg.mix else 1.0) for s, _ in self.samples]
+        weights = [cfg.mix.get(e.sample.source, 0.0 if cfg.mix else 1.0) for e in self.samples]
         if sum(weights) <= 0:
-            raise ValueError(
-                f"mix {cfg.mix} gives no weight to the sources {sorted({s.source for s, _ in self.samples})}"
-            )
+            sources = sorted({e.sample.source for e in self.samples})
+            raise ValueError(f"mix {cfg.mix} gives no weight to the sources {sources}")
         self.weights = weights
         self.model = self.pair.mllm.model if cfg.stage == "stage1" else self.pair.dit
         for p in self.pair.parameters():
@@ -265,7 +265,8 @@ class Trainer:
     def example_at(self, position: int):
         """The example at a global data position: drawn by the mix weights, seeded by the position."""
         rng = random.Random(f"{self.cfg.seed}:{position}")
-        sample, images = self.samples[rng.choices(range(len(self.samples)), self.weights)[0]]
+        entry = self.samples[rng.choices(range(len(self.samples)), self.weights)[0]]
+        sample, images = entry.sample, entry.read_images()
         if self.cfg.stage == "stage1":
             return stage1_example(self.pair, sample, images)
         with self.autocast():  # the frozen MLLM and VAE run in the training dtype too
@@ -430,6 +431,6 @@ class Trainer:
         tracker = Tracker(uri, cfg.experiment, cfg.stage, tags, default_artifacts(cfg.out) if local else None)
         tracker.params(cfg.to_dict())
         tracker.config(cfg.to_dict())
-        tracker.params({"samples": len(self.samples), **dict(Counter(s.source for s, _ in self.samples))})
+        tracker.params({"samples": len(self.samples), **dict(Counter(e.sample.source for e in self.samples))})
         tracker.params({"world_size": self.parallel.world_size if self.parallel else 1, "dp": self.dp_size})
         return tracker
