@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate(sub)
 
     from duogen.cli.curate import add_curate
+    from duogen.cli.doctor import add_doctor
     from duogen.cli.eval import add_eval
     from duogen.cli.pipeline import add_pipeline
     from duogen.cli.registry import add_registry
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(sub)
     add_pipeline(sub)
     add_registry(sub)
+    add_doctor(sub)
     return parser
 
 
