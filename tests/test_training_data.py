@@ -83,3 +83,29 @@ def test_the_frozen_mllm_stops_at_the_targets_bov(pair, samples):
     torch.testing.assert_close(text, expected, atol=1e-5, rtol=1e-4)
     with pytest.raises(Exception, match="cut through an image"):
         enc.prefix(enc.image_spans[0][0] + 1)
+
+
+def test_dali_decodes_the_examples_images_as_pil_does(pair, samples):
+    """The trainer's DALI image path (CPU operators here; nvJPEG on the rank's GPU on a GPU node) gives the
+    same Stage-2 example as PIL: same pictures, same latents, same text stream."""
+    from duogen.components.training.dali_images import DaliDecoder, fitted_size
+
+    sample, images = samples[1]
+    decoder = DaliDecoder(torch.device("cpu"), pair.pixel_multiple)
+    decoded = decoder(images)
+    assert set(decoded) == set(sample.image_refs()) and decoder.decoded == len(decoded)
+    for ref, picture in decoded.items():
+        import io
+
+        from PIL import Image
+
+        original = Image.open(io.BytesIO(images[ref])).convert("RGB")
+        assert picture.size == fitted_size(original.size, pair.pixel_multiple)
+        if picture.size == original.size:  # lossless PNGs at the fitted size: identical pixels
+            assert picture.tobytes() == original.tobytes()
+    with_dali = stage2_example(pair, sample, images, random.Random(0), decode=decoder)
+    with_pil = stage2_example(pair, sample, images, random.Random(0))
+    assert with_dali.target == with_pil.target
+    for a, b in zip(with_dali.latents, with_pil.latents, strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(with_dali.text, with_pil.text)

@@ -286,3 +286,12 @@ def test_ranks_read_only_their_own_examples_and_keep_no_images_in_memory(shards,
     reads.clear()
     resumed.micro_batches(8)
     assert reads == rank1  # a restarted process at the checkpointed position draws the same examples
+
+
+def test_the_trainer_decodes_with_dali_when_asked_and_on_gpus_by_default(shards, tmp_path):
+    trainer = Trainer(_cfg(shards, tmp_path, stage="stage2", image_decoder="dali"), progress=False)
+    trainer.micro_batches(0)
+    assert trainer.decode.decoded > 0  # every image of the step went through DALI
+    assert Trainer(_cfg(shards, tmp_path / "pil", stage="stage2"), progress=False).decode is None  # CPU: PIL
+    with pytest.raises(ValueError, match="image_decoder must be"):
+        _cfg(shards, tmp_path, image_decoder="opencv")

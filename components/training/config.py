@@ -42,6 +42,9 @@ class TrainConfig:
     experiment: str = "duogen"
     pipeline_run_id: str | None = None
     export_uri: str | None = None  # also publish the exported model here (s3://...; a pod's disk is lost)
+    image_decoder: str = (
+        "auto"  # "dali" (nvJPEG on the rank's GPU; CPU operators here), "pil"; auto: DALI on GPU
+    )
 
     def __post_init__(self) -> None:
         if self.stage not in ("stage1", "stage2"):
@@ -52,6 +55,8 @@ class TrainConfig:
             raise ValueError(f"token_budget must be at least 1 token, got {self.token_budget}")
         if self.tp < 1:
             raise ValueError(f"tp (tensor-parallel size) must be at least 1, got {self.tp}")
+        if self.image_decoder not in ("auto", "dali", "pil"):
+            raise ValueError(f"image_decoder must be 'auto', 'dali' or 'pil', got {self.image_decoder!r}")
         if self.fp8 is not None:
             from .fp8 import FP8_RECIPES
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -36,9 +36,18 @@ def index_samples(shards: Sequence[str | Path]) -> Iterator[IndexedSample]:
         yield from index_shard(shard)
 
 
-def to_conversation(sample: Sample, images: dict[str, bytes]) -> list[Turn]:
-    """The sample as chat turns; `<BOV>` markers are implied (the chat format puts one before every assistant
-    image), so they are checked here rather than copied."""
+Decoder = Callable[[dict[str, bytes]], dict[str, Image.Image]]
+
+
+def pil_decode(encoded: dict[str, bytes]) -> dict[str, Image.Image]:
+    return {ref: Image.open(io.BytesIO(data)).convert("RGB") for ref, data in encoded.items()}
+
+
+def to_conversation(sample: Sample, images: dict[str, bytes], decode: Decoder | None = None) -> list[Turn]:
+    """The sample as chat turns, its images decoded by `decode` (PIL by default; the trainer's DALI decoder
+    on GPU nodes); `<BOV>` markers are implied (the chat format puts one before every assistant image), so
+    they are checked here rather than copied."""
+    pictures = (decode or pil_decode)({ref: images[ref] for ref in dict.fromkeys(sample.image_refs())})
     turns = []
     for turn in sample.turns:
         parts: list[TextPart | ImagePart] = []
@@ -49,13 +58,15 @@ def to_conversation(sample: Sample, images: dict[str, bytes]) -> list[Turn]:
                 after_bov = i > 0 and turn.parts[i - 1].type == "bov"
                 if (turn.role == "assistant") != after_bov:
                     raise ValueError(f"sample {sample.id!r}: assistant images (and only they) follow <BOV>")
-                parts.append(ImagePart(Image.open(io.BytesIO(images[part.ref])).convert("RGB")))
+                parts.append(ImagePart(pictures[part.ref]))
         turns.append(Turn(turn.role, parts))
     return turns
 
 
-def stage1_example(pair: DuoGenPair, sample: Sample, images: dict[str, bytes]) -> EncodedConversation:
-    return pair.mllm.encode(to_conversation(sample, images))
+def stage1_example(
+    pair: DuoGenPair, sample: Sample, images: dict[str, bytes], decode: Decoder | None = None
+) -> EncodedConversation:
+    return pair.mllm.encode(to_conversation(sample, images, decode))
 
 
 @torch.no_grad()
@@ -65,9 +76,10 @@ def stage2_example(
     images: dict[str, bytes],
     rng: random.Random,
     text_dropout: float = 0.0,
+    decode: Decoder | None = None,
 ) -> TrainingExample | None:
     """One random assistant image as the target; None when the sample has no assistant image."""
-    turns = to_conversation(sample, images)
+    turns = to_conversation(sample, images, decode)
     enc = pair.mllm.encode(turns)
     if not enc.bov_positions:
         return None

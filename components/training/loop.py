@@ -186,6 +186,7 @@ class Trainer:
             p.requires_grad_(True)
         self.model.train()
         self.pair.to(self.device)  # before TP/TE/FP8 swap layers in: those are built where the model is
+        self.decode = self._image_decoder()
         if cfg.activation_checkpointing:
             if cfg.stage == "stage1":
                 self.model.gradient_checkpointing_enable()
@@ -207,6 +208,15 @@ class Trainer:
             else None
         )
         self.stop_requested = False
+
+    def _image_decoder(self):
+        """DALI (nvJPEG + resize on this rank's GPU; CPU operators when asked for here) or PIL (None)."""
+        choice = self.cfg.image_decoder
+        if choice == "pil" or (choice == "auto" and self.device.type != "cuda"):
+            return None
+        from .dali_images import DaliDecoder
+
+        return DaliDecoder(self.device, self.pair.pixel_multiple)
 
     # --- parallelism ------------------------------------------------------------------------------------
     @staticmethod
@@ -268,9 +278,9 @@ class Trainer:
         entry = self.samples[rng.choices(range(len(self.samples)), self.weights)[0]]
         sample, images = entry.sample, entry.read_images()
         if self.cfg.stage == "stage1":
-            return stage1_example(self.pair, sample, images)
+            return stage1_example(self.pair, sample, images, self.decode)
         with self.autocast():  # the frozen MLLM and VAE run in the training dtype too
-            return stage2_example(self.pair, sample, images, rng, self.cfg.text_dropout)
+            return stage2_example(self.pair, sample, images, rng, self.cfg.text_dropout, self.decode)
 
     def micro_batches(self, position: int) -> list[list]:
         """This rank's examples of the step starting at global data `position`, split into the micro-batches
