@@ -94,6 +94,9 @@ class DiTConfig:
     crossattn_proj_in_channels: int = 100352
     encoder_hidden_states_channels: int = 1024
     max_frames: int = 16  # images (condition + target) one sample may hold
+    # Cosmos' learnable absolute position embedding (per t, h, w; added at every block), besides 3D RoPE:
+    # None (Predict-2.5's setting) or "learnable". Relative attention alone cannot say "at the top left".
+    extra_pos_embed_type: str | None = None
 
     @property
     def hidden_size(self) -> int:
@@ -101,9 +104,7 @@ class DiTConfig:
 
     def diffusers_kwargs(self) -> dict[str, Any]:
         """The keyword arguments diffusers' `CosmosTransformer3DModel` takes for the same network."""
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "max_frames"}
-        out["extra_pos_embed_type"] = None
-        return out
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "max_frames"}
 
 
 @dataclass

@@ -144,6 +144,28 @@ class FeedForward(nn.Module):
         return self.net[2](F.gelu(self.net[0].proj(x)))
 
 
+class LearnablePosEmbed(nn.Module):
+    """Cosmos' `CosmosLearnablePositionalEmbed` per packed token: pos_emb_t[t] + pos_emb_h[h] + pos_emb_w[w]
+    (indices from the pack's RoPE ids), scaled to unit RMS per token, as diffusers does on a dense grid."""
+
+    def __init__(
+        self, hidden: int, max_size: tuple[int, int, int], patch: tuple[int, int, int], eps: float = 1e-6
+    ):
+        super().__init__()
+        sizes = [m // p for m, p in zip(max_size, patch, strict=True)]
+        self.eps = eps
+        self.pos_emb_t = nn.Parameter(torch.zeros(sizes[0], hidden))
+        self.pos_emb_h = nn.Parameter(torch.zeros(sizes[1], hidden))
+        self.pos_emb_w = nn.Parameter(torch.zeros(sizes[2], hidden))
+
+    def forward(self, rope_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        t, h, w = rope_ids.long().unbind(-1)
+        emb = self.pos_emb_t[t] + self.pos_emb_h[h] + self.pos_emb_w[w]
+        norm = torch.linalg.vector_norm(emb, dim=-1, keepdim=True, dtype=torch.float32)
+        norm = torch.add(self.eps, norm, alpha=(1 / emb.shape[-1]) ** 0.5)
+        return (emb / norm).to(dtype)
+
+
 class DiTBlock(nn.Module):
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
@@ -156,6 +178,8 @@ class DiTBlock(nn.Module):
         self.ff = FeedForward(d, cfg.mlp_ratio)
 
     def forward(self, x: torch.Tensor, ctx: _Context) -> torch.Tensor:
+        if ctx.extra_pos is not None:  # diffusers adds it at the start of every block
+            x = x + ctx.extra_pos
         shift, scale, gate = ctx.per_token(self.norm1(ctx.embedded, ctx.temb)).chunk(3, dim=-1)
         h = modulate(x, shift, scale)
         q, k, v = self.attn1.project(h, h)
@@ -174,7 +198,7 @@ class DiTBlock(nn.Module):
 class _Context:
     """What every block needs about the pack: token->frame broadcast and sample-restricted attention."""
 
-    def __init__(self, pack: Pack, temb, embedded, text, cos, sin) -> None:
+    def __init__(self, pack: Pack, temb, embedded, text, cos, sin, extra_pos=None) -> None:
         self.pack, self.temb, self.embedded, self.text, self.cos, self.sin = (
             pack,
             temb,
@@ -183,6 +207,7 @@ class _Context:
             cos,
             sin,
         )
+        self.extra_pos = extra_pos
         counts = pack.frame_token_counts()
         self._same_frame_size = len(set(counts)) == 1
         self._frame_tokens = counts[0]
@@ -238,6 +263,15 @@ class DuoGenDiT(nn.Module):
                 cfg.crossattn_proj_in_channels, cfg.encoder_hidden_states_channels
             )
         self.rope = CosmosRope3D(cfg.attention_head_dim, cfg.rope_scale)
+        if cfg.extra_pos_embed_type not in (None, "learnable"):
+            raise DuoGenInputError(
+                f"extra_pos_embed_type must be None or 'learnable', got {cfg.extra_pos_embed_type!r}"
+            )
+        self.learnable_pos_embed = (
+            LearnablePosEmbed(d, cfg.max_size, cfg.patch_size)
+            if cfg.extra_pos_embed_type == "learnable"
+            else None
+        )
         self.gradient_checkpointing = False
         self.text_projections = 0  # connector calls so far (inference projects once per image, not per step)
 
@@ -273,7 +307,8 @@ class DuoGenDiT(nn.Module):
         temb, embedded = self.time_embed(pack.sigmas, dtype)
         text = pack.text.to(dtype) if pack.text_projected else self.project_text(pack.text)
         cos, sin = self.rope(pack.rope_ids)
-        ctx = _Context(pack, temb, embedded, text, cos, sin)
+        extra = None if self.learnable_pos_embed is None else self.learnable_pos_embed(pack.rope_ids, dtype)
+        ctx = _Context(pack, temb, embedded, text, cos, sin, extra)
         for block in self.transformer_blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(block, x, ctx, use_reentrant=False)

@@ -151,3 +151,25 @@ def test_mismatched_checkpoint_names_the_tensor(pair, cfg):
 def test_bad_packs_raise_clear_errors(cfg, samples, texts, words):
     with pytest.raises(DuoGenInputError, match=words):
         pack_samples(samples, texts, cfg.patch_size, max_frames=cfg.max_frames)
+
+
+def test_the_learnable_absolute_position_embedding_equals_diffusers(cfg):
+    """Cosmos' `extra_pos_embed_type="learnable"` (per t/h/w embeddings added at every block): the packed DiT
+    loads diffusers' weights unchanged and gives its output; the embedding changes the output."""
+    import dataclasses
+
+    learnable = dataclasses.replace(cfg, extra_pos_embed_type="learnable")
+    ref = diffusers_cosmos(learnable, seed=1)
+    ours = DuoGenDiT(learnable).eval()
+    ours.load_diffusers_state_dict(ref.state_dict())
+    assert ours.learnable_pos_embed.pos_emb_h.shape == ref.learnable_pos_embed.pos_emb_h.shape
+    frames = _frames([(8, 12)] * 2, sigmas=[1e-4, 0.7], cond=[True, False])
+    text = torch.randn(5, cfg.crossattn_proj_in_channels)
+    with torch.no_grad():
+        expected = dense_forward(ref, frames, text)
+    got = torch.stack(_run(ours, [frames], [text])[0], dim=1)
+    assert (got - expected).abs().max().item() <= 1e-4
+    with torch.no_grad():
+        ours.learnable_pos_embed.pos_emb_w.mul_(-1.0)
+    flipped = torch.stack(_run(ours, [frames], [text])[0], dim=1)
+    assert (flipped - expected).abs().max().item() > 1e-3
