@@ -170,6 +170,10 @@ class FlowConfig:
     source: str = "noise"
     source_noise: float = 1.0
     min_sigma: float = 0.05  # the loss divides an x0-prediction by at least this s (bounds its weight)
+    # Loss weight of the latent positions where the target differs from the previous picture (the edit)
+    # against the unchanged ones (1: a plain mean). An edit touches a few percent of a picture, so a plain
+    # mean mostly rewards copying; a weighted mean (sum w err^2 / sum w) makes the edit count.
+    edit_weight: float = 1.0
 
 
 @dataclass

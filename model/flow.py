@@ -82,6 +82,9 @@ def source_of(noise: torch.Tensor, base: torch.Tensor | None, cfg: FlowConfig) -
     return noise
 
 
+EDIT_THRESHOLD = 1e-3  # a latent position counts as edited when some channel moved more than this
+
+
 def flow_matching_loss(
     dit: torch.nn.Module,
     examples: list[TrainingExample],
@@ -107,9 +110,15 @@ def flow_matching_loss(
     pack = pack_samples(samples, texts, dit.config.patch_size, max_frames=max_frames or dit.config.max_frames)
     pred = unpack(dit(pack), pack, dit.config.out_channels)
     losses = []
-    for p, x, s, t, base in zip(pred, noisy, sigmas, targets, bases, strict=True):
+    for ex, p, x, s, t, base in zip(examples, pred, noisy, sigmas, targets, bases, strict=True):
         velocity = to_velocity(p[-1], x, s, cfg, base, min_sigma=cfg.min_sigma)
-        losses.append(((velocity.float() - t.float()) ** 2).mean())
+        err = (velocity.float() - t.float()) ** 2
+        if cfg.edit_weight != 1.0 and base is not None and base.shape == t.shape:
+            changed = (ex.latents[ex.target] - base).abs().amax(0, keepdim=True) > EDIT_THRESHOLD
+            weight = 1.0 + (cfg.edit_weight - 1.0) * changed.float()  # [1, h, w], over every channel
+            losses.append((err * weight).sum() / (weight.sum() * err.shape[0]))
+        else:
+            losses.append(err.mean())
     return torch.stack(losses).mean()
 
 

@@ -240,3 +240,26 @@ def test_an_oversized_latent_is_refused_before_any_work(setup):
     frames = [Frame(torch.randn(16, (mh + 1) * ph, 4), 0.5, False)]
     with pytest.raises(DuoGenInputError, match="larger than this DiT's largest"):
         dit(pack_samples([frames], [torch.randn(2, width)], cfg.dit.patch_size))  # training's path too
+
+
+def test_edit_weight_counts_the_changed_positions_more(setup):
+    """`edit_weight` weights the latent positions the target changes relative to the previous picture: no
+    change, no difference from the plain mean; a changed patch moves the loss, further the larger the weight,
+    toward the error on the changed patch alone."""
+    cfg, dit = setup
+    width = cfg.dit.crossattn_proj_in_channels
+    before = torch.randn(16, 8, 8)
+    after = before.clone()
+    after[:, 2:4, 2:4] += 3.0  # an edit on 4 of 64 positions
+    text = torch.randn(4, width)
+
+    def loss(target, weight):
+        flow = dataclasses.replace(cfg.flow, edit_weight=weight)
+        example = TrainingExample([before, target], 1, text)
+        with torch.no_grad():
+            return float(flow_matching_loss(dit, [example], flow, torch.Generator().manual_seed(0)))
+
+    assert loss(before.clone(), 10.0) == loss(before.clone(), 1.0)
+    plain, weighted, heavy = loss(after, 1.0), loss(after, 10.0), loss(after, 1e6)
+    assert plain != weighted != heavy
+    assert abs(heavy - weighted) < abs(heavy - plain)  # monotone in the weight
