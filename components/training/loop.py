@@ -27,7 +27,8 @@ import signal
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -66,6 +67,7 @@ class TrainResult:
     model_dir: str | None
     run_id: str | None
     seconds: float
+    evaluations: dict[int, dict] = field(default_factory=dict)  # step -> metrics of `Trainer.evaluate`
 
 
 def shard_files(paths: list[str], scratch: str | Path | None = None) -> list[Path]:
@@ -146,8 +148,17 @@ def _world_size() -> int:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        progress: bool = True,
+        evaluate: Callable[[DuoGenPair], dict] | None = None,
+        eval_every: int = 0,
+    ) -> None:
+        """`evaluate(pair) -> metrics` runs on rank 0 every `eval_every` steps and at the end (a learning
+        curve: logged to MLflow as `eval_<name>` and returned in `TrainResult.evaluations`)."""
         self.cfg = cfg
+        self.evaluate, self.eval_every = evaluate, eval_every
         self.parallel: ParallelState | None = self._init_distributed(cfg)
         self.is_main = self.parallel is None or self.parallel.is_main
         self.dp_rank = self.parallel.dp_rank if self.parallel else 0
@@ -325,6 +336,7 @@ class Trainer:
         tracker = self._tracker(resumed=resume is not None) if self.is_main else None
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         losses: dict[int, float] = {}
+        evaluations: dict[int, dict] = {}
         started = time.perf_counter()
         status = "finished"
         completed = start_step
@@ -341,6 +353,17 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}")
                 if tracker:
                     tracker.metrics({"loss": loss, "lr": self.scheduler.get_last_lr()[0]}, step)
+                if (
+                    self.evaluate
+                    and self.is_main
+                    and self.eval_every
+                    and ((step + 1) % self.eval_every == 0 or step + 1 == cfg.steps)
+                ):
+                    evaluations[step + 1] = metrics = self._evaluate()
+                    bar.write(f"{cfg.stage} step {step + 1} eval {metrics}")
+                    if tracker:
+                        numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+                        tracker.metrics({f"eval_{k}": v for k, v in numbers.items()}, step)
                 if self.is_main and (step + 1) % cfg.log_every == 0:
                     bar.write(f"{cfg.stage} step {step + 1}/{cfg.steps} loss {loss:.4f}")
                 last = step + 1 == cfg.steps
@@ -370,7 +393,17 @@ class Trainer:
                 tracker.close("FINISHED" if status == "finished" else "KILLED")
         run_id = tracker.run_id if tracker else None
         seconds = time.perf_counter() - started
-        return TrainResult(status, completed, losses, str(model_dir) if model_dir else None, run_id, seconds)
+        model = str(model_dir) if model_dir else None
+        return TrainResult(status, completed, losses, model, run_id, seconds, evaluations)
+
+    def _evaluate(self) -> dict:
+        """The evaluation callback on the pair as it is now (the trained part in eval mode meanwhile)."""
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return self.evaluate(self.pair)
+        finally:
+            self.model.train()
 
     def _step(self, step: int, position: int) -> float:
         """One optimizer step from global data `position`; returns the loss (mean over data parallel)."""

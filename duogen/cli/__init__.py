@@ -67,12 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     from duogen.cli.doctor import add_doctor
     from duogen.cli.eval import add_eval
     from duogen.cli.pipeline import add_pipeline
+    from duogen.cli.pretrain import add_pretrain
     from duogen.cli.registry import add_registry
     from duogen.cli.serve import add_serve
     from duogen.cli.train import add_train
 
     add_curate(sub)
     add_train(sub)
+    add_pretrain(sub)
     add_serve(sub)
     add_eval(sub)
     add_pipeline(sub)

@@ -1,0 +1,30 @@
+"""The DiT pretraining recipe's settings (`duogen pretrain dit`), apart from the code that runs it so the CLI
+can show their defaults without importing torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class PretrainConfig:
+    preset: str = "toy"
+    out: str = "outputs/pretrain-dit"
+    steps: int = 30000
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    per_seed: int = 1000  # synthetic dialogues per prompt-pool seed (the canvas domain: ~20k to train on)
+    eval_every: int = 1000
+    eval_dialogues: int = 40  # held-out dialogues judged at every evaluation (each of 1-4 steps)
+    edit_weight: float = 10.0
+    pos_embed: bool = True
+    text_dropout: float = 0.1
+    seed: int = 0
+    ckpt_every: int = 500
+    tracking_uri: str | None = None
+    experiment: str = "duogen-pretrain-dit"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.per_seed < 1 or self.eval_dialogues < 1:
+            raise ValueError("steps, batch_size, per_seed and eval_dialogues must be at least 1")
