@@ -42,7 +42,7 @@ def test_pretraining_writes_the_dit_its_card_and_curve_and_resumes(tmp_path):
     dit_dir = Path(first["dit"])
     card = json.loads((dit_dir / "CARD.json").read_text())
     assert card["steps"] == 4 and card["command"].startswith("duogen pretrain dit --out")
-    assert card["config"]["edit_weight"] == 10.0 and card["training_dialogues"] > 0
+    assert card["config"]["pos_embed"] is True and card["training_dialogues"] > 0
     assert 0.0 <= card["instruction_following"] <= 1.0 and card["curve"]["4"]["held_out_steps"] > 0
     dit = DuoGenDiT.from_pretrained(dit_dir)  # diffusers layout: config.json + safetensors
     assert dit.config.extra_pos_embed_type == "learnable" and dit.learnable_pos_embed is not None
