@@ -1,6 +1,6 @@
-"""`duogen doctor gpu` (platform/gpu_check.py) on a machine without a GPU: the refusal, the peak table, the
-FLOP and MFU arithmetic (checked against the real modules' parameter counts), and every measuring function
-run on the CPU with the tiny preset (the GPU figures themselves need a GPU node; see the README)."""
+"""`duogen doctor gpu` (components/training/gpu_check.py) on a machine without a GPU: the refusal, the peak
+table, the FLOP and MFU arithmetic (checked against the real modules' parameter counts), and every measuring
+function run on the CPU with the tiny preset (the GPU figures themselves need a GPU node; see the README)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from duogen.cli import main
+from duogen.components.training import gpu_check as gc
 from duogen.model.presets import tiny
-from duogen.platform import gpu_check as gc
 
 
 def test_without_cuda_the_check_refuses_clearly(capsys):

@@ -12,7 +12,7 @@ def cmd_gpu(args: argparse.Namespace) -> int:
     language stack at sequence 4096, one 768x768 picture at 35 steps with CFG, single-stream decode; prints
     one JSON line with tokens/s, MFU against this GPU's peak, seconds, and which goals are met (about 8
     minutes on one H100). Exits 2 on a machine without CUDA."""
-    from duogen.platform.gpu_check import NoGPU, run_gpu_check
+    from duogen.components.training.gpu_check import NoGPU, run_gpu_check
 
     log = (
         (lambda m: None)

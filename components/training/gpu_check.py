@@ -179,7 +179,7 @@ def measure_dit_training(
     with torch.device(device):
         dit = DuoGenDiT(cfg).to(dtype)
     if fp8:
-        from duogen.components.training.parallelize import parallelize_dit
+        from .parallelize import parallelize_dit
 
         parallelize_dit(dit, 1, fp8=fp8)
     optimizer = torch.optim.AdamW(dit.parameters(), lr=1e-4)
@@ -195,7 +195,7 @@ def measure_dit_training(
     generator = torch.Generator().manual_seed(0)
 
     def step():
-        from duogen.components.training.fp8 import fp8_autocast
+        from .fp8 import fp8_autocast
 
         optimizer.zero_grad(set_to_none=True)
         with fp8_autocast(dit):
