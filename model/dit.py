@@ -154,9 +154,11 @@ class LearnablePosEmbed(nn.Module):
         super().__init__()
         sizes = [m // p for m, p in zip(max_size, patch, strict=True)]
         self.eps = eps
-        self.pos_emb_t = nn.Parameter(torch.zeros(sizes[0], hidden))
-        self.pos_emb_h = nn.Parameter(torch.zeros(sizes[1], hidden))
-        self.pos_emb_w = nn.Parameter(torch.zeros(sizes[2], hidden))
+        # random, not diffusers' zeros (there a checkpoint fills them): at zero the unit-RMS scaling divides
+        # by eps and the first gradients are huge
+        self.pos_emb_t = nn.Parameter(torch.randn(sizes[0], hidden))
+        self.pos_emb_h = nn.Parameter(torch.randn(sizes[1], hidden))
+        self.pos_emb_w = nn.Parameter(torch.randn(sizes[2], hidden))
 
     def forward(self, rope_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         t, h, w = rope_ids.long().unbind(-1)

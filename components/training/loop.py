@@ -154,9 +154,12 @@ class Trainer:
         progress: bool = True,
         evaluate: Callable[[DuoGenPair], dict] | None = None,
         eval_every: int = 0,
+        examples: Callable[[DuoGenPair], Callable[[int], object]] | None = None,
     ) -> None:
         """`evaluate(pair) -> metrics` runs on rank 0 every `eval_every` steps and at the end (a learning
-        curve: logged to MLflow as `eval_<name>` and returned in `TrainResult.evaluations`)."""
+        curve: logged to MLflow as `eval_<name>` and returned in `TrainResult.evaluations`). `examples(pair)`
+        gives a generated data source in place of the shards (`source(position) -> example`, a pure function
+        of the position so resume and data parallelism hold): the DiT's pretraining edits."""
         self.cfg = cfg
         self.evaluate, self.eval_every = evaluate, eval_every
         self.parallel: ParallelState | None = self._init_distributed(cfg)
@@ -171,24 +174,10 @@ class Trainer:
             if cfg.model in PRESETS
             else DuoGenPair.from_pretrained(local_pair_dir(cfg.model))
         )
-        # An index of the samples (their text and where their images sit in the shards), not the images: each
-        # rank reads the image bytes of its own examples when it draws them. The evaluation split (held out
-        # by hash in the synthetic stage) never trains.
-        self.samples = [
-            entry for entry in index_samples(shard_files(cfg.shards))
-            if entry.sample.lineage.stages.get("split") != "eval"
-        ]  # fmt: skip
-        if cfg.stage == "stage2":
-            self.samples = [
-                e for e in self.samples if any(p.type == "bov" for t in e.sample.turns for p in t.parts)
-            ]
-        if not self.samples:
-            raise ValueError("the shards hold no usable samples for " + cfg.stage)
-        weights = [cfg.mix.get(e.sample.source, 0.0 if cfg.mix else 1.0) for e in self.samples]
-        if sum(weights) <= 0:
-            sources = sorted({e.sample.source for e in self.samples})
-            raise ValueError(f"mix {cfg.mix} gives no weight to the sources {sources}")
-        self.weights = weights
+        self.source = examples(self.pair) if examples is not None else None
+        self.samples, self.weights = [], []
+        if self.source is None:
+            self._index_samples(cfg)
         self.model = self.pair.mllm.model if cfg.stage == "stage1" else self.pair.dit
         for p in self.pair.parameters():
             p.requires_grad_(False)
@@ -219,6 +208,26 @@ class Trainer:
             else None
         )
         self.stop_requested = False
+
+    def _index_samples(self, cfg: TrainConfig) -> None:
+        """An index of the samples (their text and where their images sit in the shards), not the images: each
+        rank reads the image bytes of its own examples when it draws them. The evaluation split (held out by
+        hash in the synthetic stage) never trains."""
+        self.samples = [
+            entry for entry in index_samples(shard_files(cfg.shards))
+            if entry.sample.lineage.stages.get("split") != "eval"
+        ]  # fmt: skip
+        if cfg.stage == "stage2":
+            self.samples = [
+                e for e in self.samples if any(p.type == "bov" for t in e.sample.turns for p in t.parts)
+            ]
+        if not self.samples:
+            raise ValueError("the shards hold no usable samples for " + cfg.stage)
+        weights = [cfg.mix.get(e.sample.source, 0.0 if cfg.mix else 1.0) for e in self.samples]
+        if sum(weights) <= 0:
+            sources = sorted({e.sample.source for e in self.samples})
+            raise ValueError(f"mix {cfg.mix} gives no weight to the sources {sources}")
+        self.weights = weights
 
     def _image_decoder(self):
         """DALI (nvJPEG + resize on this rank's GPU; CPU operators when asked for here) or PIL (None)."""
@@ -285,6 +294,9 @@ class Trainer:
     # --- data -------------------------------------------------------------------------------------------
     def example_at(self, position: int):
         """The example at a global data position: drawn by the mix weights, seeded by the position."""
+        if self.source is not None:
+            with self.autocast():
+                return self.source(position)
         rng = random.Random(f"{self.cfg.seed}:{position}")
         entry = self.samples[rng.choices(range(len(self.samples)), self.weights)[0]]
         sample, images = entry.sample, entry.read_images()
@@ -474,6 +486,8 @@ class Trainer:
         tracker = Tracker(uri, cfg.experiment, cfg.stage, tags, default_artifacts(cfg.out) if local else None)
         tracker.params(cfg.to_dict())
         tracker.config(cfg.to_dict())
-        tracker.params({"samples": len(self.samples), **dict(Counter(e.sample.source for e in self.samples))})
+        if self.source is None:
+            sources = Counter(e.sample.source for e in self.samples)
+            tracker.params({"samples": len(self.samples), **dict(sources)})
         tracker.params({"world_size": self.parallel.world_size if self.parallel else 1, "dp": self.dp_size})
         return tracker

@@ -14,9 +14,8 @@ class PretrainConfig:
     batch_size: int = 8
     lr: float = 1e-3
     warmup_steps: int = 200
-    per_seed: int = 1000  # synthetic dialogues per prompt-pool seed (the canvas domain: ~20k to train on)
     eval_every: int = 1000
-    eval_dialogues: int = 40  # held-out dialogues judged at every evaluation (each of 1-4 steps)
+    eval_edits: int = 120  # held-out edits drawn and judged at every evaluation
     edit_weight: float = 1.0  # 10 wrecked the pictures in a 6,000-step trial (consistency 0.15); see README
     pos_embed: bool = True
     text_dropout: float = 0.1
@@ -26,5 +25,5 @@ class PretrainConfig:
     experiment: str = "duogen-pretrain-dit"
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.per_seed < 1 or self.eval_dialogues < 1:
-            raise ValueError("steps, batch_size, per_seed and eval_dialogues must be at least 1")
+        if self.steps < 1 or self.batch_size < 1 or self.eval_edits < 1:
+            raise ValueError("steps, batch_size and eval_edits must be at least 1")
