@@ -37,12 +37,17 @@ class DuoGenPair(nn.Module):
 
     @classmethod
     def build(cls, config: DuoGenConfig, seed: int = 0) -> DuoGenPair:
-        """Randomly initialised pair (fully offline); the global RNG is left as it was."""
+        """A new pair (fully offline): random weights, except a DiT that starts from a shipped pretrained
+        one (`config.dit_init`); the global RNG is left as it was."""
         mllm = DuoGenMLLM.build(config.mllm, seed=seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
             dit = DuoGenDiT(config.dit)
             vae = make_codec(config.vae)
+        if config.dit_init is not None:
+            from .pretrained import pretrained_dit_state
+
+            dit.load_diffusers_state_dict(pretrained_dit_state(config.dit_init, config.dit))
         return cls(config, mllm, dit.eval(), vae.eval())
 
     def save_pretrained(self, path: str | Path) -> None:

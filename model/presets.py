@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from .config import ConnectorConfig, DiTConfig, DuoGenConfig, FlowConfig, MLLMConfig, VAEConfig
 from .errors import DuoGenInputError
 
@@ -102,6 +104,9 @@ def toy() -> DuoGenConfig:
         crossattn_proj_in_channels=connector.in_channels,
         encoder_hidden_states_channels=128,
         max_frames=8,
+        # Cosmos' learnable absolute position embedding: "add a square at the top left" needs absolute
+        # position, which RoPE's relative attention cannot give (add / move 0-2 of 30 without it)
+        extra_pos_embed_type="learnable",
     )
     vae = VAEConfig(
         kind="pixel", z_dim=48, scale_factor_spatial=4, latents_mean=(0.0,) * 48, latents_std=(1.0,) * 48
@@ -111,10 +116,19 @@ def toy() -> DuoGenConfig:
     flow = FlowConfig(
         num_inference_steps=12, guidance_scale=2.0, prediction="residual", source="previous", source_noise=0.5
     )
-    return DuoGenConfig(name="toy", mllm=mllm, connector=connector, dit=dit, vae=vae, flow=flow)
+    # the DiT starts pretrained on toy-world edits (`duogen pretrain dit`), as production's starts from Cosmos
+    return DuoGenConfig(
+        name="toy", mllm=mllm, connector=connector, dit=dit, vae=vae, flow=flow, dit_init="toy"
+    )
 
 
-PRESETS = {"tiny": tiny, "toy": toy, "duogen-7b-2b": production}
+def toy_scratch() -> DuoGenConfig:
+    """The toy preset with a randomly initialised DiT (`--from-scratch`): what the DiT pretraining starts
+    from, and the path before the pretrained DiT shipped."""
+    return dataclasses.replace(toy(), name="toy-scratch", dit_init=None)
+
+
+PRESETS = {"tiny": tiny, "toy": toy, "toy-scratch": toy_scratch, "duogen-7b-2b": production}
 
 
 def get_preset(name: str) -> DuoGenConfig:

@@ -52,6 +52,23 @@ def test_unknown_preset_is_a_clear_error():
     assert res.returncode != 0 and "unknown preset 'huge'" in res.stderr
 
 
+def test_the_main_job_starts_from_the_pretrained_dit_unless_from_scratch():
+    from duogen.cli import build_parser
+    from duogen.cli.pipeline import run_overrides
+    from duogen.components.pipeline.pipeline import duogen_pipeline
+    from duogen.model.presets import get_preset
+
+    parser = build_parser()
+    default = run_overrides(parser.parse_args(["run"]))
+    assert "preset" not in default  # the pipeline's own default: the toy preset, pretrained DiT
+    parameters = duogen_pipeline.pipeline_spec.root.input_definitions.parameters
+    assert parameters["preset"].default_value.string_value == "toy"
+    assert get_preset("toy").dit_init == "toy"
+    for argv in (["run", "--from-scratch"], ["pipeline", "run", "--local", "--from-scratch"]):
+        assert run_overrides(parser.parse_args(argv))["preset"] == "toy-scratch"
+    assert get_preset("toy-scratch").dit_init is None
+
+
 def test_demo_writes_an_interleaved_page(tmp_path):
     res = run("demo", "--out", str(tmp_path / "demo"), "--quiet", "--images", "2", "--max-new-tokens", "30")
     assert res.returncode == 0, res.stderr

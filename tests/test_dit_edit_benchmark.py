@@ -25,6 +25,18 @@ def test_prints_one_json_line_with_its_figures():
     assert 0.5 < result["edit_error_vs_copy"] < 2.0
 
 
+def test_the_shipped_pretrained_dit_carries_out_edits_with_its_own_text_encoder():
+    """`--pretrained`: no training; the package's DiT judged on held-out edits. A random or copying DiT
+    scores ~1 or more on edit error (the scratch run above: 0.5-2) and follows none."""
+    res = run("--pretrained", "--eval-edits", "12")
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert result["eval_edits"] == 12 and result["card"]["command"].startswith("duogen pretrain dit")
+    assert result["edit_error_vs_copy"] < 0.7
+    assert max(result["instruction_following"], result["no_cfg"]["instruction_following"]) >= 2 / 12
+    assert result["consistency"] >= 0.8
+
+
 def test_unknown_action_kind_is_named():
     res = run("--kinds", "recolour,paint")
     assert res.returncode == 2

@@ -225,3 +225,17 @@ def test_the_promoted_model_answered_over_http_and_the_answer_is_a_page(run):
         assert sentence.strip()[:40].replace("&", "&amp;") in html
     log = page.with_suffix(".server.log").read_text()
     assert re.search(r"POST /openai/v1/responses.*200", log)
+
+
+def test_stage1_hands_stage2_the_shipped_pretrained_dit(run):
+    """The toy pair starts its DiT from the package's pretrained one (as production's from Cosmos): Stage 1
+    leaves the DiT as it was built, so Stage 2 aligns from exactly those weights."""
+    from safetensors.torch import load_file
+
+    from duogen.model.pretrained import pretrained_dit_dir
+
+    exported = sorted((run["out"] / "toy" / "stage1").glob("**/dit/diffusion_pytorch_model.safetensors"))
+    assert exported, "Stage 1 exported no pair"
+    shipped = load_file(str(pretrained_dit_dir("toy") / "diffusion_pytorch_model.safetensors"))
+    stage1 = load_file(str(exported[0]))
+    assert set(stage1) == set(shipped) and all(stage1[k].equal(shipped[k]) for k in shipped)

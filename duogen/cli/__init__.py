@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     info = sub.add_parser("info", help="parameter counts per part of a preset", description=cmd_info.__doc__)
-    info.add_argument("--preset", default="tiny", help="preset name: tiny or duogen-7b-2b (default: tiny)")
+    info.add_argument(
+        "--preset", default="tiny", help="preset name: tiny, toy, toy-scratch or duogen-7b-2b (default: tiny)"
+    )
     info.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
     info.set_defaults(func=cmd_info)
 

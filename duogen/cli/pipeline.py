@@ -30,18 +30,27 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_overrides(args: argparse.Namespace) -> dict:
+    """The pipeline parameters a local run sets: the run name, `--set`s, and `--from-scratch` (the toy
+    preset with a random DiT, `toy-scratch`, in place of the shipped pretrained one)."""
+    overrides = {"run_name": args.run_name, **_set(args.set)}
+    if args.from_scratch:
+        overrides["preset"] = "toy-scratch"
+    return overrides
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole pipeline on this machine on the embedded toy world (KFP's local subprocess runner): toy
     world, curation, Stage 1, Stage 2, evaluation, registration in a sqlite MLflow, gated promotion, then
     the promoted model served on 127.0.0.1 answers one request, saved as OUT/toy/deploy-champion/answer.html.
-    A rerun with the same --out and run name redoes only unfinished steps."""
+    A rerun with the same --out and run name redoes only unfinished steps. The toy pair's DiT starts from the
+    pretrained one shipped in the package; --from-scratch starts it from random weights."""
     from duogen.components.pipeline.pipeline import duogen_pipeline
     from duogen.platform.kfp_runner import local_arguments, run_local
 
     if not args.local and args.action != "main":
         raise SystemExit("duogen pipeline run: error: only --local runs here; use `submit` for a KFP API")
-    overrides = {"run_name": args.run_name, **_set(args.set)}
-    arguments = local_arguments(args.out, args.size, overrides)
+    arguments = local_arguments(args.out, args.size, run_overrides(args))
     summary = run_local(duogen_pipeline, arguments, args.out, args.artifacts)
     steps = summary["steps"]
     line = {
@@ -99,6 +108,11 @@ def _run_arguments(r: argparse.ArgumentParser) -> None:
     )
     r.add_argument("--run-name", default="toy", help="folder of this run under --out (default: toy)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="a pipeline parameter (repeatable)")
+    r.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="the toy DiT from random weights, not the shipped pretrained one (preset toy-scratch)",
+    )
     r.add_argument(
         "--artifacts",
         default=None,

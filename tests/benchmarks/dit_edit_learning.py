@@ -1,28 +1,33 @@
-"""DiT edit-learning benchmark: can the `toy` DiT learn the toy world's edits from a perfect text stream?
+"""DiT edit-learning benchmark: does the `toy` DiT carry out the toy world's edits? Prints one JSON line.
 
 `toyworld_learning.py` judges the whole pair; when its pictures do not follow the steps, this one says
-whether the DiT could, with the MLLM taken out of the question. It trains the toy preset's DiT (with its
-connector, as Stage 2 does) alone, with the product's `flow_matching_loss` and the preset's flow settings,
-on fresh single-step toy edits (a random scene, one random valid action of the six kinds), where the text
-stream is an *oracle*: one fixed random vector per slot of the step's meaning (the action; the named shape's
-colour and kind; the argument: new colour, direction, size, second shape, or the added shape's kind, colour,
-size and region). No parsing is left to do, so what is measured is the DiT's part: finding the named shape
-and redrawing it.
+whether the DiT could, with the MLLM taken out of the question. Two modes:
 
-Held-out edits (their own seeds) are drawn as generation draws them (`sample_latent`, CFG against "no text")
-and read back with the toy checker, exactly as `toyworld_learning.py` judges a step. Prints one JSON line:
+- `--pretrained`: the DiT shipped in the package (`duogen.model.pretrained`, made by `duogen pretrain dit`)
+  with its own text encoder (the untrained toy MLLM at the card's seed over the step's sentence,
+  `pretrain_data.EditData`), judged on 120 held-out edits (the pretraining's evaluation seed space: never
+  trained on). No training.
+- default (from scratch): trains the toy preset's DiT (with its connector, as Stage 2 does) alone, with the
+  product's `flow_matching_loss` and the preset's flow settings, on fresh single-step toy edits, where the
+  text stream is an *oracle*: one fixed random vector per slot of the step's meaning (the action; the named
+  shape's colour and kind; the argument). No parsing is left to do, so what is measured is the DiT's part:
+  finding the named shape and redrawing it. Text is dropped to a zero row at `--text-dropout`, the negative
+  CFG samples against (train the negative you sample with).
 
-- `instruction_following` (and per action kind), `consistency`: as in `toyworld_learning.py`.
+Held-out edits are drawn as generation draws them (`sample_latent`) and read back with the toy checker
+(`components/evaluation/dit_edits.judge_edits`), exactly as `toyworld_learning.py` judges a step:
+
+- `instruction_following` (and per action kind), `consistency`: as in `toyworld_learning.py`, with the
+  preset's CFG; `no_cfg`: the same drawn without CFG.
 - `edit_error_vs_copy`: the DiT's one-step picture at sigma 1 (the start of sampling), squared error against
   the truth over the pixels the edit changes, divided by the same error of the baseline "copy the previous
   picture" (1.0: nothing learned beyond copying; 0: the edit is exact). Baseline measured in the same run.
-- `train_minutes`, `steps`, `edits_seen`.
+- `train_minutes`, `steps`, `edits_seen` (from scratch), or the shipped DiT's card figures (`--pretrained`).
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import hashlib
 import json
 import random
@@ -31,7 +36,7 @@ import time
 
 import torch
 
-from duogen.components.evaluation.toyworld_judge import judge_step
+from duogen.components.evaluation.dit_edits import judge_edits
 from duogen.components.toyworld import (
     Add,
     Move,
@@ -40,21 +45,15 @@ from duogen.components.toyworld import (
     Swap,
     Task,
     WorldConfig,
-    find_shapes,
     random_task,
     render,
 )
 from duogen.components.toyworld.world import ACTION_KINDS, _region
-from duogen.model.flow import (
-    TrainingExample,
-    flow_matching_loss,
-    sample_latent,
-    source_of,
-    to_velocity,
-)
-from duogen.model.packing import Frame, pack_samples, unpack
+from duogen.components.training.pretrain_data import Edit, EditData
+from duogen.model.flow import TrainingExample, flow_matching_loss
 from duogen.model.pair import DuoGenPair
-from duogen.model.presets import toy
+from duogen.model.presets import toy, toy_scratch
+from duogen.model.pretrained import pretrained_dit_card
 
 
 def _vector(key: str, dim: int) -> torch.Tensor:
@@ -86,51 +85,38 @@ def oracle_stream(task: Task, world: WorldConfig, dim: int) -> torch.Tensor:
 
 
 class Edits:
-    """Encodes tasks into (task, before latent, after latent, oracle stream)."""
+    """Encodes tasks into held-out `Edit`s with the oracle stream (negative: the zero row)."""
 
     def __init__(self, pair: DuoGenPair, world: WorldConfig, kinds: list[str]) -> None:
         self.pair, self.world, self.kinds = pair, world, tuple(kinds)
         self.dim = pair.config.connector.in_channels
 
-    def __call__(self, rng: random.Random):
+    def __call__(self, rng: random.Random) -> Edit:
         task = random_task(rng, self.world, steps=1, kinds=self.kinds)
         before, after = (self.pair.vae.encode_image(render(s, self.world), self.pair.pixel_multiple)
                          for s in task.scenes)  # fmt: skip
-        return task, before, after, oracle_stream(task, self.world, self.dim)
+        text = oracle_stream(task, self.world, self.dim)
+        return Edit(task, before, after, text, text.new_zeros(1, text.shape[1]))
 
 
-@torch.no_grad()
-def evaluate(pair: DuoGenPair, edits: list, world: WorldConfig, seed: int = 0) -> dict:
-    dit, flow = pair.dit.eval(), pair.config.flow
-    generator = torch.Generator().manual_seed(seed)
-    followed, seen, kept = collections.Counter(), collections.Counter(), []
-    err_model = err_copy = 0.0
-    for task, before, after, text in edits:
-        negative = text.new_zeros(1, text.shape[1])  # the CFG negative when the step's text is everything
-        latent = sample_latent(dit, [before], tuple(after.shape[-2:]), text, negative, flow, generator)
-        found = find_shapes(pair.vae.decode_image(latent), world)
-        ok, _, consistency = judge_step(task.scenes[0], task.scenes[1], task.actions[0], found, world)
-        kind = type(task.actions[0]).__name__.lower()
-        seen[kind] += 1
-        followed[kind] += ok
-        kept.append(consistency)
-        # the one-step picture at sigma 1 against copying, on the pixels the edit changes
-        start = source_of(torch.randn(after.shape, generator=generator), before, flow)
-        frames = [Frame(before, flow.condition_sigma, True), Frame(start, 1.0, False)]
-        pack = pack_samples([frames], [text], dit.config.patch_size, max_frames=dit.config.max_frames)
-        out = unpack(dit(pack), pack, dit.config.out_channels)[0][-1]
-        x0 = start - to_velocity(out, start, 1.0, flow, before)  # x_sigma = x0 + sigma * velocity
-        changed = (after - before).abs().amax(0) > 1e-3
-        err_model += float(((x0 - after)[:, changed] ** 2).sum())
-        err_copy += float(((before - after)[:, changed] ** 2).sum())
-    dit.train()
-    total = sum(seen.values())
+def judge(pair: DuoGenPair, edits: list[Edit], world: WorldConfig, seed: int) -> dict:
     return {
-        "instruction_following": round(sum(followed.values()) / total, 4),
-        "following_by_action": {k: round(followed[k] / seen[k], 3) for k in sorted(seen)},
-        "consistency": round(sum(kept) / len(kept), 4),
-        "edit_error_vs_copy": round(err_model / err_copy, 4),
-        "eval_edits": total,
+        **judge_edits(pair, edits, world, seed=seed),
+        "no_cfg": judge_edits(pair, edits, world, guidance_scale=0.0, seed=seed),
+    }
+
+
+def pretrained(args: argparse.Namespace) -> dict:
+    card = pretrained_dit_card("toy")
+    pair = DuoGenPair.build(toy(), seed=card["config"]["seed"])  # the toy preset starts from the shipped DiT
+    data = EditData(pair, seed=card["config"]["seed"])
+    edits = data.held_out(args.eval_edits)
+    result = judge(pair, edits, data.world, args.seed)
+    keep = ("command", "steps", "minutes", "edits_seen")
+    return {
+        **result,
+        "dit": "shipped (duogen.model.pretrained/toy_dit)",
+        "card": {k: card.get(k) for k in keep},
     }
 
 
@@ -142,16 +128,23 @@ def main() -> None:
     parser.add_argument("--eval-edits", type=int, default=120, help="held-out edits to draw and judge")
     parser.add_argument("--kinds", default=",".join(ACTION_KINDS), help="action kinds, comma-separated")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--text-dropout", type=float, default=0.1, help="from scratch: text -> zero row")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--pretrained", action="store_true", help="judge the shipped pretrained DiT (no training)"
+    )
     args = parser.parse_args()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    world, cfg = WorldConfig(), toy()
+    world, cfg = WorldConfig(), toy_scratch()
     try:  # the task generator owns the rule for action kinds; ask it before building anything
         random_task(0, world, steps=1, kinds=tuple(kinds))
     except ValueError as e:
         parser.error(str(e))
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.pretrained:
+        print(json.dumps(pretrained(args)))
+        return
 
     pair = DuoGenPair.build(cfg, seed=args.seed)
     make = Edits(pair, world, kinds)
@@ -164,7 +157,12 @@ def main() -> None:
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / 10)
         batch = [make(rng) for _ in range(args.batch_size)]
-        examples = [TrainingExample([before, after], 1, text) for _, before, after, text in batch]
+        examples = [
+            TrainingExample(
+                [e.before, e.after], 1, e.negative if rng.random() < args.text_dropout else e.text
+            )
+            for e in batch
+        ]
         loss = flow_matching_loss(dit, examples, cfg.flow, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -174,11 +172,17 @@ def main() -> None:
             print(f"step {step + 1}/{args.steps} loss {loss.item():.4f}", file=sys.stderr, flush=True)
     train_seconds = time.perf_counter() - start
     result = {
-        **evaluate(pair, held_out, world, args.seed),
+        **judge(pair, held_out, world, args.seed),
         "train_minutes": round(train_seconds / 60, 2),
         "steps": args.steps,
         "edits_seen": args.steps * args.batch_size,
-        "settings": {"lr": args.lr, "batch_size": args.batch_size, "kinds": kinds, "preset": cfg.name},
+        "settings": {
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "kinds": kinds,
+            "preset": cfg.name,
+            "text_dropout": args.text_dropout,
+        },
     }
     print(json.dumps(result))
 

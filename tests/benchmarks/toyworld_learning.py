@@ -114,7 +114,12 @@ def main() -> None:
         help="torch threads (default 1: these small ops gain little from 2, and lose 10x or more when "
         "another process holds the second core)",
     )
+    parser.add_argument(
+        "--from-scratch", action="store_true", help="the toy DiT from random weights (preset toy-scratch)"
+    )
     args = parser.parse_args()
+    if args.from_scratch:
+        args.preset = "toy-scratch"
     torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="toyworld_learning_"))
     if args.out and out.exists():
