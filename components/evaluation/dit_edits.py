@@ -43,7 +43,11 @@ def judge_edits(
     generator = torch.Generator().manual_seed(seed)
     followed, seen, kept = collections.Counter(), collections.Counter(), []
     err_model = err_copy = 0.0
+    device = next(dit.parameters()).device  # edits are made on the CPU (untested on a GPU)
     for edit in edits:
+        edit = dataclasses.replace(
+            edit, **{k: getattr(edit, k).to(device) for k in ("before", "after", "text", "negative")}
+        )
         shape = tuple(edit.after.shape[-2:])
         latent = sample_latent(dit, [edit.before], shape, edit.text, edit.negative, flow, generator)
         found = find_shapes(pair.vae.decode_image(latent), world)
@@ -53,7 +57,8 @@ def judge_edits(
         seen[kind] += 1
         followed[kind] += ok
         kept.append(consistency)
-        start = source_of(torch.randn(edit.after.shape, generator=generator), edit.before, flow)
+        noise = torch.randn(edit.after.shape, generator=generator).to(device)
+        start = source_of(noise, edit.before, flow)
         frames = [Frame(edit.before, flow.condition_sigma, True), Frame(start, 1.0, False)]
         pack = pack_samples([frames], [edit.text], dit.config.patch_size, max_frames=dit.config.max_frames)
         out = unpack(dit(pack), pack, dit.config.out_channels)[0][-1]
