@@ -47,7 +47,8 @@ def _cfg(shards, out, **kw):
 
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
 def test_preempted_run_resumes_on_the_same_loss_curve(shards, tmp_path, stage):
-    whole = Trainer(_cfg(shards, tmp_path / "whole", stage=stage), progress=False).train()
+    groups = {"dit_lr_ratio": 0.3} if stage == "stage2" else {}  # Stage 2's two lr groups resume too
+    whole = Trainer(_cfg(shards, tmp_path / "whole", stage=stage, **groups), progress=False).train()
     assert whole.status == "finished" and len(whole.losses) == 6
 
     class Evicted(Trainer):
@@ -57,9 +58,9 @@ def test_preempted_run_resumes_on_the_same_loss_curve(shards, tmp_path, stage):
                 self.stop_requested = True  # what the SIGTERM handler does
             return loss
 
-    first = Evicted(_cfg(shards, tmp_path / "split", stage=stage), progress=False).train()
+    first = Evicted(_cfg(shards, tmp_path / "split", stage=stage, **groups), progress=False).train()
     assert first.status == "preempted" and sorted(first.losses) == [0, 1, 2]
-    second = Trainer(_cfg(shards, tmp_path / "split", stage=stage), progress=False).train()
+    second = Trainer(_cfg(shards, tmp_path / "split", stage=stage, **groups), progress=False).train()
     assert second.status == "finished" and sorted(second.losses) == [3, 4, 5]
     for step in range(6):
         got = first.losses.get(step, second.losses.get(step))
@@ -78,6 +79,21 @@ def test_stage1_trains_only_the_mllm_and_stage2_only_the_dit(shards, tmp_path):
     t2.train()
     assert not t2.pair.mllm.training
     assert all(torch.equal(v, t2.pair.mllm.state_dict()[k]) for k, v in mllm_before.items())
+
+
+def test_stage2_trains_the_connector_at_lr_and_the_dit_body_at_its_ratio(shards, tmp_path):
+    """Adam's first step moves every parameter with a gradient by about its group's lr (times warm-up)."""
+    trainer = Trainer(_cfg(shards, tmp_path, stage="stage2", steps=1, dit_lr_ratio=0.1), progress=False)
+    before = {n: p.detach().clone() for n, p in trainer.pair.dit.named_parameters()}
+    trainer.train()
+    moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in trainer.pair.dit.named_parameters()}
+    connector = max(v for n, v in moved.items() if n.startswith("crossattn_proj."))
+    body = max(v for n, v in moved.items() if not n.startswith("crossattn_proj."))
+    step_lr = 3e-3 / 2  # lr x the first warm-up factor (1 of 2 steps)
+    assert connector == pytest.approx(step_lr, rel=0.05)
+    assert body == pytest.approx(0.1 * step_lr, rel=0.05)
+    with pytest.raises(ValueError, match="dit_lr_ratio"):
+        TrainConfig(dit_lr_ratio=0)
 
 
 def test_ema_warms_up_to_its_decay():

@@ -52,6 +52,7 @@ def duogen_pipeline(
     stage1_lr: float = 3e-3,
     stage2_steps: int = 300,
     stage2_lr: float = 1e-3,
+    stage2_dit_lr_ratio: float = 1.0,
     batch_size: int = 4,
     nodes: int = 1,
     nproc_per_node: int = 2,
@@ -113,7 +114,13 @@ def duogen_pipeline(
         **tracking,
     )
     stage1 = train(
-        stage="stage1", manifest=manifest.output, model=preset, steps=stage1_steps, lr=stage1_lr, **launch
+        stage="stage1",
+        manifest=manifest.output,
+        model=preset,
+        steps=stage1_steps,
+        lr=stage1_lr,
+        dit_lr_ratio=1.0,
+        **launch,
     )
     _on_cluster(stage1, s3_secret, retries=2).set_display_name("Stage 1 (MLLM)")
     stage2 = train(
@@ -122,6 +129,7 @@ def duogen_pipeline(
         model=stage1.outputs["model"],
         steps=stage2_steps,
         lr=stage2_lr,
+        dit_lr_ratio=stage2_dit_lr_ratio,
         **launch,
     )
     _on_cluster(stage2, s3_secret, retries=2).set_display_name("Stage 2 (connector + DiT)")

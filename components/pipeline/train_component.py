@@ -14,6 +14,7 @@ def train(
     run_name: str,
     steps: int,
     lr: float,
+    dit_lr_ratio: float,
     batch_size: int,
     nodes: int,
     nproc_per_node: int,
@@ -28,8 +29,9 @@ def train(
     kfp_run_id: str,
 ) -> NamedTuple("Trained", model=str, mlflow_run_id=str):
     """Stage 1 (MLLM) or Stage 2 (connector + DiT) on the manifest's shards; `model` is a preset name or a
-    previous stage's model URI. `launcher`: "local" (torchrun here) or "pytorchjob" (a PyTorchJob in the
-    cluster; `cluster` overrides its settings: image, namespace, node_selector, tolerations, s3_secret, ...).
+    previous stage's model URI; `dit_lr_ratio`: Stage 2 trains the DiT's own layers at lr x this, its
+    connector at lr. `launcher`: "local" (torchrun here) or "pytorchjob" (a PyTorchJob in the cluster;
+    `cluster` overrides its settings: image, namespace, node_selector, tolerations, s3_secret, ...).
     Returns the exported model's URI and the stage's MLflow run id."""
     from collections import namedtuple
 
@@ -55,6 +57,7 @@ def train(
             out=str(out),
             steps=steps,
             lr=lr,
+            dit_lr_ratio=dit_lr_ratio,
             batch_size=batch_size,
             warmup_steps=10 if stage2 else 5,
             mix={"synthetic": 0.75, "web": 0.2, "video": 0.05, "alignment": 0.25} if stage2 else {},

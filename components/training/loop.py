@@ -198,8 +198,7 @@ class Trainer:
         else:
             loss = Stage2Loss(self.pair.dit, self.pair.config.flow)
         self.loss_module = self._data_parallel(loss)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_cosine(s, cfg))
         # EMA of the DiT's parameters by name (local shards under TP, like the parameters)
         self.ema = (
@@ -208,6 +207,16 @@ class Trainer:
             else None
         )
         self.stop_requested = False
+
+    def _param_groups(self) -> list[dict]:
+        """Stage 2: the connector at lr, the DiT's own layers at lr x dit_lr_ratio (one group when equal)."""
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if self.cfg.stage == "stage1" or self.cfg.dit_lr_ratio == 1.0:
+            return [{"params": [p for _, p in params]}]
+        connector = [p for n, p in params if n.startswith("crossattn_proj.")]
+        body = [p for n, p in params if not n.startswith("crossattn_proj.")]
+        groups = [{"params": connector}, {"params": body, "lr": self.cfg.lr * self.cfg.dit_lr_ratio}]
+        return [g for g in groups if g["params"]]
 
     def _index_samples(self, cfg: TrainConfig) -> None:
         """An index of the samples (their text and where their images sit in the shards), not the images: each

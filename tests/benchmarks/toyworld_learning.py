@@ -65,6 +65,7 @@ SETTINGS = {
     "batch_size": 4,
     "stage1_lr": 3e-3,
     "stage2_lr": 1e-3,
+    "stage2_dit_lr_ratio": 1.0,
 }
 # The Stage-2 data mix is the pipeline's (mostly the exact synthetic dialogues).
 
