@@ -60,13 +60,17 @@ def test_the_main_job_starts_from_the_pretrained_dit_unless_from_scratch():
 
     parser = build_parser()
     default = run_overrides(parser.parse_args(["run"]))
-    assert "preset" not in default  # the pipeline's own default: the toy preset, pretrained DiT
+    assert default == {"run_name": "toy"}  # the pipeline's own defaults: toy preset, pretrained DiT
     parameters = duogen_pipeline.pipeline_spec.root.input_definitions.parameters
     assert parameters["preset"].default_value.string_value == "toy"
+    assert parameters["stage2_dit_lr_ratio"].default_value.number_value == 0.0  # its connector aligns alone
     assert get_preset("toy").dit_init == "toy"
     for argv in (["run", "--from-scratch"], ["pipeline", "run", "--local", "--from-scratch"]):
-        assert run_overrides(parser.parse_args(argv))["preset"] == "toy-scratch"
+        scratch = run_overrides(parser.parse_args(argv))
+        assert scratch["preset"] == "toy-scratch" and scratch["stage2_dit_lr_ratio"] == 1.0  # it trains whole
     assert get_preset("toy-scratch").dit_init is None
+    chosen = run_overrides(parser.parse_args(["run", "--from-scratch", "--set", "stage2_dit_lr_ratio=0.5"]))
+    assert chosen["stage2_dit_lr_ratio"] == 0.5
 
 
 def test_demo_writes_an_interleaved_page(tmp_path):

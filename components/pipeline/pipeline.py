@@ -52,7 +52,7 @@ def duogen_pipeline(
     stage1_lr: float = 3e-3,
     stage2_steps: int = 300,
     stage2_lr: float = 1e-3,
-    stage2_dit_lr_ratio: float = 1.0,
+    stage2_dit_lr_ratio: float = 0.0,  # the pretrained toy DiT: its connector alone aligns (README)
     batch_size: int = 4,
     nodes: int = 1,
     nproc_per_node: int = 2,

@@ -24,8 +24,9 @@ class TrainConfig:
     # are packed in order into as many forward/backward passes as the budget needs (None: grad_accum packs)
     token_budget: int | None = None
     lr: float = 1e-3
-    # stage 2: the DiT's own layers train at lr x this, its connector (`crossattn_proj`) at lr. Below 1, a
-    # pretrained DiT keeps what it can draw while the connector learns the new MLLM's hidden states.
+    # stage 2: the DiT's own layers train at lr x this, its connector (`crossattn_proj`) at lr (0: the
+    # connector alone). Below 1, a pretrained DiT keeps what it can draw while the connector learns the new
+    # MLLM's hidden states.
     dit_lr_ratio: float = 1.0
     min_lr_ratio: float = 0.1
     warmup_steps: int = 10
@@ -56,8 +57,8 @@ class TrainConfig:
             raise ValueError("steps, batch_size and grad_accum must be at least 1")
         if self.token_budget is not None and self.token_budget < 1:
             raise ValueError(f"token_budget must be at least 1 token, got {self.token_budget}")
-        if not self.dit_lr_ratio > 0:
-            raise ValueError(f"dit_lr_ratio must be positive, got {self.dit_lr_ratio}")
+        if not self.dit_lr_ratio >= 0:
+            raise ValueError(f"dit_lr_ratio must be 0 or more, got {self.dit_lr_ratio}")
         if self.tp < 1:
             raise ValueError(f"tp (tensor-parallel size) must be at least 1, got {self.tp}")
         if self.image_decoder not in ("auto", "dali", "pil"):

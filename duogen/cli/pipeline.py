@@ -32,11 +32,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def run_overrides(args: argparse.Namespace) -> dict:
     """The pipeline parameters a local run sets: the run name, `--set`s, and `--from-scratch` (the toy
-    preset with a random DiT, `toy-scratch`, in place of the shipped pretrained one)."""
-    overrides = {"run_name": args.run_name, **_set(args.set)}
-    if args.from_scratch:
-        overrides["preset"] = "toy-scratch"
-    return overrides
+    preset with a random DiT, `toy-scratch`, in place of the shipped pretrained one; its whole DiT trains in
+    Stage 2, not the connector alone, unless a `--set` says otherwise)."""
+    scratch = {"preset": "toy-scratch", "stage2_dit_lr_ratio": 1.0} if args.from_scratch else {}
+    return {"run_name": args.run_name, **scratch, **_set(args.set)}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -111,7 +110,8 @@ def _run_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--from-scratch",
         action="store_true",
-        help="the toy DiT from random weights, not the shipped pretrained one (preset toy-scratch)",
+        help="the toy DiT from random weights, not the shipped pretrained one (preset toy-scratch; Stage 2 "
+        "then trains the whole DiT: stage2_dit_lr_ratio=1)",
     )
     r.add_argument(
         "--artifacts",

@@ -65,7 +65,7 @@ SETTINGS = {
     "batch_size": 4,
     "stage1_lr": 3e-3,
     "stage2_lr": 1e-3,
-    "stage2_dit_lr_ratio": 1.0,
+    "stage2_dit_lr_ratio": 0.0,  # the pipeline's: the shipped DiT's connector alone aligns
 }
 # The Stage-2 data mix is the pipeline's (mostly the exact synthetic dialogues).
 
@@ -120,7 +120,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.from_scratch:
-        args.preset = "toy-scratch"
+        args.preset, args.stage2_dit_lr_ratio = "toy-scratch", 1.0  # a random DiT must train whole
     torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="toyworld_learning_"))
     if args.out and out.exists():
