@@ -18,6 +18,8 @@ from .toyworld_component import toyworld
 from .train_component import train
 
 DEFAULT_GATES = {"t_com": 0.5, "i_com": 0.9}
+# `--from-scratch`: the toy preset with a random DiT, which Stage 2 trains whole (not its connector alone)
+FROM_SCRATCH = {"preset": "toy-scratch", "stage2_dit_lr_ratio": 1.0}
 S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
 
 
@@ -119,7 +121,6 @@ def duogen_pipeline(
         model=preset,
         steps=stage1_steps,
         lr=stage1_lr,
-        dit_lr_ratio=1.0,
         **launch,
     )
     _on_cluster(stage1, s3_secret, retries=2).set_display_name("Stage 1 (MLLM)")

@@ -14,7 +14,6 @@ def train(
     run_name: str,
     steps: int,
     lr: float,
-    dit_lr_ratio: float,
     batch_size: int,
     nodes: int,
     nproc_per_node: int,
@@ -27,6 +26,7 @@ def train(
     tracking_uri: str,
     experiment: str,
     kfp_run_id: str,
+    dit_lr_ratio: float = 1.0,
 ) -> NamedTuple("Trained", model=str, mlflow_run_id=str):
     """Stage 1 (MLLM) or Stage 2 (connector + DiT) on the manifest's shards; `model` is a preset name or a
     previous stage's model URI; `dit_lr_ratio`: Stage 2 trains the DiT's own layers at lr x this, its

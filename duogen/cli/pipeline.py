@@ -34,8 +34,9 @@ def run_overrides(args: argparse.Namespace) -> dict:
     """The pipeline parameters a local run sets: the run name, `--set`s, and `--from-scratch` (the toy
     preset with a random DiT, `toy-scratch`, in place of the shipped pretrained one; its whole DiT trains in
     Stage 2, not the connector alone, unless a `--set` says otherwise)."""
-    scratch = {"preset": "toy-scratch", "stage2_dit_lr_ratio": 1.0} if args.from_scratch else {}
-    return {"run_name": args.run_name, **scratch, **_set(args.set)}
+    from duogen.components.pipeline.pipeline import FROM_SCRATCH
+
+    return {"run_name": args.run_name, **(FROM_SCRATCH if args.from_scratch else {}), **_set(args.set)}
 
 
 def cmd_run(args: argparse.Namespace) -> int:

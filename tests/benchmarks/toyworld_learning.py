@@ -44,7 +44,7 @@ from duogen.components.curation.synthetic import instruction_id, plan_instructio
 from duogen.components.curation.synthetic_generators import instruction_task
 from duogen.components.curation.synthetic_pool import Instruction
 from duogen.components.evaluation.toyworld_teacher import evaluate_teacher_forced
-from duogen.components.pipeline.pipeline import duogen_pipeline
+from duogen.components.pipeline.pipeline import FROM_SCRATCH, duogen_pipeline
 from duogen.components.training.data import iter_samples
 from duogen.components.training.loop import shard_files
 from duogen.model.pair import DuoGenPair
@@ -120,7 +120,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.from_scratch:
-        args.preset, args.stage2_dit_lr_ratio = "toy-scratch", 1.0  # a random DiT must train whole
+        vars(args).update(FROM_SCRATCH)  # the toy preset with a random DiT, trained whole in Stage 2
     torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="toyworld_learning_"))
     if args.out and out.exists():
