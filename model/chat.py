@@ -212,12 +212,14 @@ def encode_conversation(
 
     Labels: system/user turns, the `<|im_start|>assistant\\n` header, the `\\n` after `<|im_end|>` and every
     vision token (start, pads, end) are IGNORE_INDEX; assistant text, `<BOV>` and the assistant `<|im_end|>`
-    are in the loss. Chunks: a new text chunk starts at every system/user turn and right after every image
-    (ids 0, 1, 2, ... along the sequence); an assistant turn continues the chunk of the request it answers, so
-    the CFG negative of an image drawn straight away drops the request, not just a turn header;
-    image k's vision tokens are a chunk of their own, id -(k + 1), so the
-    ids alone tell text from image. `<BOV>` joins the text chunk before it. User text is encoded with
-    special tokens split, so a literal "<BOV>" typed by a user stays plain text.
+    are in the loss. Chunks: a new text chunk starts at every system/user turn and right after every
+    assistant image (ids 0, 1, 2, ... along the sequence); an assistant turn continues the chunk of the
+    request it answers, so the CFG negative of an answer's first picture drops the request with the answer's
+    words, not just a turn header. A user's own pictures do not split the request: its text is one chunk
+    whether the pictures stand before or after it, so the negative means the same for either part order
+    (DESIGN.md section 3). Image k's vision tokens are a chunk of their own, id -(k + 1), so the ids alone
+    tell text from image. `<BOV>` joins the text chunk before it. User text is encoded with special tokens
+    split, so a literal "<BOV>" typed by a user stays plain text.
     """
     turns = to_turns(conversation)
     bov_id = tokenizer.convert_tokens_to_ids(bov_token)
@@ -249,7 +251,8 @@ def encode_conversation(
                 enc.bov_positions.append(len(enc))
                 put([bov_id], True)
             enc = _add_vision(enc, tokenizer, grid[len(enc.image_spans)], int(image_processor.merge_size))
-            chunk += 1
+            if train:  # a user's picture, before or after the words, does not split the request
+                chunk += 1
         put([im_end], train)
         put(_text(tokenizer, "\n"), False)
     if add_generation_prompt:

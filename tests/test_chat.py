@@ -168,6 +168,31 @@ def test_chunk_ids_and_last_text_chunk_mask():
     )
 
 
+def test_the_request_is_one_chunk_whichever_side_of_its_picture_it_stands():
+    """The first picture's CFG negative drops the user's words with the answer's, whether the user's picture
+    came before or after them (clients send both): the two orders give the same dropped words and keep
+    the user's picture. Splitting the request at the picture would leave its words in one order's negative."""
+    words = "move the red circle up"
+
+    def dropped_and_kept(parts):
+        conv = [{"role": "user", "content": parts},
+                {"role": "assistant", "content": [{"type": "text", "text": "Step 1: go."},
+                                                  {"type": "image", "image": img()}]}]  # fmt: skip
+        e = encode(conv)
+        m = last_text_chunk_mask(e.chunk_ids, e.bov_positions[0])
+        ids = e.input_ids[: e.bov_positions[0]]
+        return TOK.decode(ids[m]), TOK.decode(ids[~m])
+
+    text_first = dropped_and_kept([{"type": "text", "text": words}, {"type": "image", "image": img()}])
+    picture_first = dropped_and_kept([{"type": "image", "image": img()}, {"type": "text", "text": words}])
+    for dropped, kept in (text_first, picture_first):
+        assert words in dropped and "Step 1: go." in dropped and words not in kept
+        assert "<|vision_start|>" in kept and "<|vision_start|>" not in dropped  # the picture stays
+    assert text_first[0].replace("<|im_start|>user\n", "") == picture_first[0].replace(
+        "<|im_start|>user\n", ""
+    )
+
+
 def test_dicts_strings_and_turns_encode_alike():
     picture = img()
     as_turns = [Turn("user", [TextPart("hi "), TextPart("there"), ImagePart(picture)])]
