@@ -186,8 +186,9 @@ class DuoGenConfig:
     dit: DiTConfig = field(default_factory=DiTConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
-    # where `DuoGenPair.build` starts the DiT: a pretrained DiT shipped in the package (`model.pretrained`,
-    # e.g. "toy") or None (random weights); a saved pair's DiT is its own, whatever this says
+    # where `DuoGenPair.build` starts the MLLM and the DiT: a part shipped in the package (`model.pretrained`,
+    # e.g. "toy") or None (random weights); a saved pair's parts are its own, whatever these say
+    mllm_init: str | None = None
     dit_init: str | None = None
 
     def __post_init__(self) -> None:

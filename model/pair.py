@@ -37,9 +37,14 @@ class DuoGenPair(nn.Module):
 
     @classmethod
     def build(cls, config: DuoGenConfig, seed: int = 0) -> DuoGenPair:
-        """A new pair (fully offline): random weights, except a DiT that starts from a shipped pretrained
-        one (`config.dit_init`); the global RNG is left as it was."""
-        mllm = DuoGenMLLM.build(config.mllm, seed=seed)
+        """A new pair (fully offline): random weights, except parts that start from shipped pretrained ones
+        (`config.mllm_init`, `config.dit_init`); the global RNG is left as it was."""
+        if config.mllm_init is not None:
+            from .pretrained import pretrained_mllm_dir
+
+            mllm = DuoGenMLLM.from_pretrained(pretrained_mllm_dir(config.mllm_init, config.mllm), config.mllm)
+        else:
+            mllm = DuoGenMLLM.build(config.mllm, seed=seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
             dit = DuoGenDiT(config.dit)

@@ -116,16 +116,24 @@ def toy() -> DuoGenConfig:
     flow = FlowConfig(
         num_inference_steps=12, guidance_scale=2.0, prediction="residual", source="previous", source_noise=0.5
     )
-    # the DiT starts pretrained on toy-world edits (`duogen pretrain dit`), as production's starts from Cosmos
+    # both parts start pretrained (`duogen pretrain mllm`, then `duogen pretrain dit` on that MLLM's hidden
+    # states), as production's start from Qwen2.5-VL-Instruct and Cosmos
     return DuoGenConfig(
-        name="toy", mllm=mllm, connector=connector, dit=dit, vae=vae, flow=flow, dit_init="toy"
+        name="toy",
+        mllm=mllm,
+        connector=connector,
+        dit=dit,
+        vae=vae,
+        flow=flow,
+        mllm_init="toy",
+        dit_init="toy",
     )
 
 
 def toy_scratch() -> DuoGenConfig:
-    """The toy preset with a randomly initialised DiT (`--from-scratch`): what the DiT pretraining starts
-    from, and the path before the pretrained DiT shipped."""
-    return dataclasses.replace(toy(), name="toy-scratch", dit_init=None)
+    """The toy preset with random weights in both parts (`--from-scratch`): what pretraining starts from,
+    and the path before the pretrained parts shipped."""
+    return dataclasses.replace(toy(), name="toy-scratch", mllm_init=None, dit_init=None)
 
 
 PRESETS = {"tiny": tiny, "toy": toy, "toy-scratch": toy_scratch, "duogen-7b-2b": production}

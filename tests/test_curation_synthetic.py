@@ -270,6 +270,8 @@ def test_stage_through_the_executor_with_two_processes(tmp_path):
     assert len(samples) == len(toy) and len({s.id for s, _ in samples}) == len(toy)
     splits = Counter(s.lineage.stages["split"] for s, _ in samples)
     assert set(splits) == {"train", "eval"} and c["samples_eval"] == splits["eval"]
+    orders = Counter(tuple(p.type for p in s.turns[0].parts) for s, _ in samples)
+    assert set(orders) == {("text", "image"), ("image", "text")}  # the user's picture on either side
     for sample, images in samples:
         assert sample.source == "synthetic"
         assert sample.lineage.stages["synthetic"] == "synthetic-1"
@@ -277,7 +279,7 @@ def test_stage_through_the_executor_with_two_processes(tmp_path):
         assert sample.lineage.input.startswith("pool://shapes%20on%20a%20canvas/")
         assert set(sample.lineage.hashes) == set(images) == set(sample.image_refs())
         user, assistant = sample.turns
-        assert [p.type for p in user.parts] == ["text", "image"]
+        assert sorted(p.type for p in user.parts) == ["image", "text"]
         assert assistant.parts[0].text.startswith("Step 1: ")
     # a rerun finds every shard complete and redoes nothing
     again = run_stage(synthetic_stage, plan(instructions, 16), tmp_path, processes=2, progress=False)

@@ -49,7 +49,7 @@ _KIND = "|".join(_CFG.kinds)
 _REF = rf"(it|(?:the\s+)?(?:{_COL})\s+(?:{_KIND}))"
 _VERB = r"(?:move|shift|make|add|remove|delete|swap|resize|recolou?r|paint|turn)"
 _SPLIT = re.compile(
-    rf"\s*[,;]?\s*(?:and\s+)?(?:then|after that|finally)\s+"
+    rf"\s*[,;.]?\s*(?:and\s+)?(?:then|after that|finally|next|afterwards|followed by)[,\s]+"
     rf"|\s*[,;]\s*(?:and\s+)?(?={_VERB}\b)|\s+and\s+(?={_VERB}\b)"
 )
 _PREFIX = re.compile(
@@ -242,12 +242,20 @@ def instruction_task(instruction: Instruction) -> Task | None:
     return task_from_request(instruction.text)
 
 
+def picture_first(text: str) -> bool:
+    """Whether a request's picture goes before its text: half of the requests each way, fixed by a hash of
+    the text. Clients send both orders, so the data shows both (DESIGN.md section 3)."""
+    return hashlib.sha256(("order|" + normalise(text)).encode()).digest()[0] % 2 == 1
+
+
 def user_pieces(instruction: Instruction) -> list[Piece]:
-    """The user's turn: the request, plus the initial scene when the request is about one."""
+    """The user's turn: the request, plus the initial scene when the request is about one (before or after
+    the text, `picture_first`)."""
     pieces = [Piece("text", text=instruction.text)]
     task = instruction_task(instruction)
     if task is not None:
-        pieces.append(Piece("image", image=png(task.scenes[0])))
+        picture = Piece("image", image=png(task.scenes[0]))
+        pieces = [picture, *pieces] if picture_first(instruction.text) else [*pieces, picture]
     return pieces
 
 

@@ -271,8 +271,15 @@ def expand_pool(
 # ------------------------------------------------------------------------------ the offline expand handler
 
 
-def toy_task(rng: random.Random, kinds: Sequence[str], steps: int, cfg: WorldConfig | None = None) -> Task:
-    """A random valid task whose actions all have one of `kinds` (invalid draws are rejected and redrawn)."""
+def toy_task(
+    rng: random.Random,
+    kinds: Sequence[str],
+    steps: int,
+    cfg: WorldConfig | None = None,
+    weights: Sequence[float] | None = None,
+) -> Task:
+    """A random valid task whose actions all have one of `kinds`, drawn by `weights` (default: alike);
+    invalid draws are rejected and redrawn."""
     cfg = cfg or WorldConfig()
     for _ in range(200):
         scenes = [random_scene(rng, cfg, rng.randint(2, cfg.max_shapes - 1))]
@@ -280,7 +287,7 @@ def toy_task(rng: random.Random, kinds: Sequence[str], steps: int, cfg: WorldCon
         for _ in range(200):
             if len(actions) == steps:
                 return Task(tuple(scenes), tuple(actions))
-            kind = rng.choice(list(kinds))
+            kind = rng.choices(list(kinds), weights)[0] if weights else rng.choice(list(kinds))
             if kind == "remove" and len(scenes[-1].shapes) == 1:
                 continue  # keep one shape so every step has something to see
             try:
@@ -292,20 +299,40 @@ def toy_task(rng: random.Random, kinds: Sequence[str], steps: int, cfg: WorldCon
     raise ValueError(f"could not draw a {steps}-step task with actions {list(kinds)}")
 
 
-_ONE = (
+# How users ask for a toy task: the framings and the words between steps the synthetic data is written in.
+# Many everyday ones, so the MLLM learns to copy the steps out of any of them, not one template; the
+# evaluation's "other wordings" form asks in framings that are deliberately not here (`toyworld_eval`).
+REQUEST_WORDINGS = (
     "How do I {0}?",
     "How can I {0}?",
     "Show me how to {0}.",
     "What are the steps to {0}?",
     "I want to {0}. How?",
+    "How would I {0}?",
+    "Can you show me how to {0}?",
+    "Please show me how to {0}.",
+    "I'd like to {0}.",
+    "Help me {0}.",
+    "Walk me through how to {0}.",
+    "Explain how to {0}.",
+    "What's the way to {0}?",
+    "{0}. How do I do that?",
+    "Steps to {0}, please.",
+    "Could you show me step by step how to {0}?",
 )
-_JOIN = (", then ", " and then ", ", after that ")
+STEP_JOINS = (
+    ", then ", " and then ", ", after that ", ". Then ", "; then ", ", and then ", " then ", ", next ",
+    " and next ", ", followed by ", " and afterwards ", ". After that, ", ", and ", " and ", "; ", ". Next, ",
+)  # fmt: skip
 
 
 def phrase(task: Task, rng: random.Random, cfg: WorldConfig | None = None) -> str:
-    """A user request from the task's `describe()` sentences: 'How do I X, then Y?'."""
+    """A user request from the task's `describe()` sentences: 'How do I X, then Y?' in one of the framings,
+    each step joined to the one before by one of the joins."""
     clauses = [s[0].lower() + s[1:].rstrip(".") for s in task.instructions(cfg)]
-    return rng.choice(_ONE).format(rng.choice(_JOIN).join(clauses))
+    body = clauses[0] + "".join(rng.choice(STEP_JOINS) + c for c in clauses[1:])
+    text = rng.choice(REQUEST_WORDINGS).format(body)
+    return text[0].upper() + text[1:]
 
 
 _PARAPHRASE = (

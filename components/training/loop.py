@@ -418,12 +418,22 @@ class Trainer:
         return TrainResult(status, completed, losses, model, run_id, seconds, evaluations)
 
     def _evaluate(self) -> dict:
-        """The evaluation callback on the pair as it is now (the trained part in eval mode meanwhile)."""
+        """The evaluation callback on the pair as it is now (the trained part in eval mode meanwhile), with
+        the EMA weights when one is kept: those are what the run exports."""
         self.model.eval()
+        kept = None
         try:
             with torch.no_grad():
+                if self.ema is not None:
+                    kept = {name: p.detach().clone() for name, p in self.model.named_parameters()}
+                    for name, p in self.model.named_parameters():
+                        p.copy_(self.ema[name])
                 return self.evaluate(self.pair)
         finally:
+            if kept is not None:
+                with torch.no_grad():
+                    for name, p in self.model.named_parameters():
+                        p.copy_(kept[name])
             self.model.train()
 
     def _step(self, step: int, position: int) -> float:

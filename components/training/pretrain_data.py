@@ -1,15 +1,17 @@
-"""The DiT's pretraining data: fresh single-step toy-world edits, captioned by a fixed text encoder.
+"""Pretraining data: the data engine's toy dialogues as Stage-1 or Stage-2 examples, by stream position.
 
-Cosmos learns to draw from (video, caption) pairs with its own frozen text encoder before anyone aligns it to
-an MLLM. The toy analog: a random scene and one valid action of any of the six kinds (a move is the world's
-motion, a frame pair of its "video"); the DiT sees the scene before as its condition frame and learns the
-scene after. The caption is the step's sentence exactly as the data engine writes it (`describe`), in a one-
-step dialogue (a fixed request, then the assistant's "Step 1: <sentence>" and `<BOV>`), encoded by the
-untrained MLLM at the pair's seed: its all-layer hidden states before `<BOV>` (`DuoGenPair.text_streams`), the
-very stream Stage 2 feeds, from the weights Stage 1 starts from. Its CFG negative drops the dialogue's one
-text chunk: the "no text" row, as Cosmos' empty prompt. Every example is a pure function of its position
-(seeded), so a resumed run draws the same data; an unbounded stream means nothing to overfit. Held-out edits
-come from another seed space.
+Qwen2.5-VL-Instruct and Cosmos were pretrained before anyone joined them; the toy pair's parts are too, on an
+endless seeded stream of the data engine's own dialogues (`curation.synthetic_stream`: 1-4 steps, the pool's
+wordings, the user's picture before or after the text). Each position becomes an example through the very
+functions the stages use (`stage1_example`, `stage2_example`), so pretraining is shaped exactly as Stage 1 /
+Stage 2 and generation are: for the DiT one random step of a dialogue is the target, every earlier picture a
+condition frame, the text stream the all-layer hidden states of everything before its `<BOV>` from the
+pair's MLLM (the shipped pretrained one: the DiT's fixed text encoder, as Cosmos' is its Qwen2.5-VL), and
+its CFG negative drops the last text chunk (trained at `text_dropout`). Every example is a pure function of
+its position, so a resumed or data-parallel run draws what an uninterrupted one does.
+
+Held-out sets come from the stream's `eval` split: single-step edits (`held_out_edits`, for the DiT's
+edit curve) and multi-step dialogues (`held_out_dialogues`, judged teacher-forced like Stage 2's output).
 """
 
 from __future__ import annotations
@@ -19,79 +21,62 @@ from dataclasses import dataclass
 
 import torch
 
-from duogen.components.toyworld import Task, WorldConfig, random_task, render
-from duogen.components.toyworld.world import ACTION_KINDS, describe
-from duogen.model.chat import ImagePart, TextPart, Turn
-from duogen.model.flow import TrainingExample
+from duogen.components.curation.synthetic_stream import StreamConfig, held_out_dialogues, stream_dialogue
+from duogen.components.toyworld import Task
+from duogen.model.chat import ImagePart
 from duogen.model.pair import DuoGenPair
 
-REQUEST = "Change the picture, one step."
+from .data import stage1_example, stage2_example, to_conversation
 
 
 @dataclass
 class Edit:
-    """One held-out edit as the judge needs it."""
+    """One held-out single-step edit as `judge_edits` needs it."""
 
     task: Task
     before: torch.Tensor  # latent [C, h, w]
     after: torch.Tensor
-    text: torch.Tensor  # the caption stream [L, connector_in]
-    negative: torch.Tensor  # the CFG negative
+    text: torch.Tensor  # the step's text stream [L, connector_in]
+    negative: torch.Tensor  # its CFG negative
 
 
-class EditData:
-    """Toy-world single-step edits as Stage-2 `TrainingExample`s, by position."""
+class DialogueData:
+    """`source(position) -> example` for the Trainer: Stage-1 (`stage="stage1"`) or Stage-2 examples of the
+    stream's dialogues."""
 
     def __init__(
         self,
         pair: DuoGenPair,
-        world: WorldConfig | None = None,
-        kinds: tuple[str, ...] = ACTION_KINDS,
-        seed: int = 0,
+        stage: str,
+        stream: StreamConfig | None = None,
         text_dropout: float = 0.0,
     ) -> None:
-        self.pair, self.world, self.kinds = pair, world or WorldConfig(), tuple(kinds)
-        self.seed, self.text_dropout = seed, text_dropout
-        self._captions: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if stage not in ("stage1", "stage2"):
+            raise ValueError(f"stage must be 'stage1' or 'stage2', got {stage!r}")
+        self.pair, self.stage, self.stream = pair, stage, stream or StreamConfig()
+        self.text_dropout = text_dropout
 
-    def task(self, position: int, split: str = "train") -> Task:
-        return random_task(random.Random(f"{split}:{self.seed}:{position}"), self.world, 1, self.kinds)
+    def __call__(self, position: int):
+        sample, files, _ = stream_dialogue(self.stream, position)
+        if self.stage == "stage1":
+            return stage1_example(self.pair, sample, files)
+        rng = random.Random(f"stage2:{self.stream.seed}:{position}")  # the target step and the text dropout
+        return stage2_example(self.pair, sample, files, rng, self.text_dropout)
 
-    @torch.no_grad()
-    def caption(self, sentence: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(stream, negative) of a step's sentence, cached (a few thousand distinct sentences)."""
-        if sentence not in self._captions:
-            blank = render(random_task(0, self.world, 1).scenes[0], self.world)  # after <BOV>: never read
-            turns = [
-                Turn("user", [TextPart(REQUEST)]),
-                Turn("assistant", [TextPart(f"Step 1: {sentence}"), ImagePart(blank)]),
-            ]
-            enc = self.pair.mllm.encode(turns)
-            self._captions[sentence] = self.pair.text_streams(enc, enc.bov_positions[0])
-        return self._captions[sentence]
+    def held_out_dialogues(self, count: int, steps=(2, 3, 4)):
+        """(sample, images, task) of `count` eval-split dialogues, for `evaluate_teacher_forced`."""
+        return held_out_dialogues(self.stream, count, steps)
 
     @torch.no_grad()
-    def latents(self, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
-        encode = self.pair.vae.encode_image
-        before, after = (encode(render(s, self.world), self.pair.pixel_multiple) for s in task.scenes)
-        return before, after
-
-    def sentence(self, task: Task) -> str:
-        return describe(task.actions[0], task.scenes[0], self.world)
-
-    def __call__(self, position: int) -> TrainingExample:
-        """The training example at a data position (text dropped to the negative at `text_dropout`)."""
-        task = self.task(position)
-        text, negative = self.caption(self.sentence(task))
-        if random.Random(f"dropout:{self.seed}:{position}").random() < self.text_dropout:
-            text = negative
-        before, after = self.latents(task)
-        return TrainingExample(latents=[before, after], target=1, text=text)
-
-    def held_out(self, count: int) -> list[Edit]:
-        """`count` edits from the evaluation seed space (never trained on)."""
-        edits = []
-        for i in range(count):
-            task = self.task(i, split="eval")
-            edits.append(Edit(task, *self.latents(task), *self.caption(self.sentence(task))))
+    def held_out_edits(self, count: int) -> list[Edit]:
+        """`count` single-step eval-split dialogues as edits: the picture before and after, and the text
+        stream of the step's `<BOV>` (the user's request, its picture, "Step 1: ...")."""
+        pair, edits = self.pair, []
+        for sample, files, task in held_out_dialogues(self.stream, count, steps=(1,)):
+            turns = to_conversation(sample, files)
+            enc = pair.mllm.encode(turns)
+            text, negative = pair.text_streams(enc, enc.bov_positions[0])
+            pictures = [p.image for t in turns for p in t.parts if isinstance(p, ImagePart)]
+            before, after = (pair.vae.encode_image(im, pair.pixel_multiple) for im in pictures)
+            edits.append(Edit(task, before, after, text, negative))
         return edits

@@ -4,9 +4,10 @@
 whether the DiT could, with the MLLM taken out of the question. Two modes:
 
 - `--pretrained`: the DiT shipped in the package (`duogen.model.pretrained`, made by `duogen pretrain dit`)
-  with its own text encoder (the untrained toy MLLM at the card's seed over the step's sentence,
-  `pretrain_data.EditData`), judged on 120 held-out edits (the pretraining's evaluation seed space: never
-  trained on). No training.
+  with its own text encoder (the shipped toy MLLM, over the data engine's one-step dialogues,
+  `pretrain_data.DialogueData`), judged on 120 held-out edits and on the steps of 40 held-out 2-4 step
+  dialogues drawn teacher-forced (`dialogues`; the stream's evaluation split: never trained on). No
+  training.
 - default (from scratch): trains the toy preset's DiT (with its connector, as Stage 2 does) alone, with the
   product's `flow_matching_loss` and the preset's flow settings, on fresh single-step toy edits, where the
   text stream is an *oracle*: one fixed random vector per slot of the step's meaning (the action; the named
@@ -36,7 +37,9 @@ import time
 
 import torch
 
+from duogen.components.curation.synthetic_stream import StreamConfig
 from duogen.components.evaluation.dit_edits import judge_edits
+from duogen.components.evaluation.toyworld_teacher import evaluate_teacher_forced
 from duogen.components.toyworld import (
     Add,
     Move,
@@ -49,7 +52,7 @@ from duogen.components.toyworld import (
     render,
 )
 from duogen.components.toyworld.world import ACTION_KINDS, _region
-from duogen.components.training.pretrain_data import Edit, EditData
+from duogen.components.training.pretrain_data import DialogueData, Edit
 from duogen.model.flow import TrainingExample, flow_matching_loss
 from duogen.model.pair import DuoGenPair
 from duogen.model.presets import toy, toy_scratch
@@ -107,14 +110,18 @@ def judge(pair: DuoGenPair, edits: list[Edit], world: WorldConfig, seed: int) ->
 
 
 def pretrained(args: argparse.Namespace) -> dict:
+    """The shipped DiT with its own text encoder (the toy preset's MLLM, as in its pretraining): held-out
+    single-step edits, and the steps of held-out 2-4 step dialogues drawn teacher-forced."""
     card = pretrained_dit_card("toy")
-    pair = DuoGenPair.build(toy(), seed=card["config"]["seed"])  # the toy preset starts from the shipped DiT
-    data = EditData(pair, seed=card["config"]["seed"])
-    edits = data.held_out(args.eval_edits)
-    result = judge(pair, edits, data.world, args.seed)
-    keep = ("command", "steps", "minutes", "edits_seen")
+    pair = DuoGenPair.build(toy(), seed=card["config"]["seed"])  # the shipped parts
+    data = DialogueData(pair, "stage2", StreamConfig(seed=card["config"]["seed"]))
+    edits = data.held_out_edits(args.eval_edits)
+    result = judge(pair, edits, WorldConfig(), args.seed)
+    multi = evaluate_teacher_forced(pair, data.held_out_dialogues(args.dialogues), args.seed)
+    keep = ("command", "steps", "minutes", "dialogues_seen", "init")
     return {
         **result,
+        "dialogues": {k: multi[k] for k in ("instruction_following", "consistency", "held_out_steps")},
         "dit": "shipped (duogen.model.pretrained/toy_dit)",
         "card": {k: card.get(k) for k in keep},
     }
@@ -126,6 +133,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW lr after 10 warm-up steps")
     parser.add_argument("--eval-edits", type=int, default=120, help="held-out edits to draw and judge")
+    parser.add_argument(
+        "--dialogues", type=int, default=40, help="--pretrained: held-out 2-4 step dialogues drawn"
+    )
     parser.add_argument("--kinds", default=",".join(ACTION_KINDS), help="action kinds, comma-separated")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--text-dropout", type=float, default=0.1, help="from scratch: text -> zero row")
