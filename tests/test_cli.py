@@ -52,7 +52,7 @@ def test_unknown_preset_is_a_clear_error():
     assert res.returncode != 0 and "unknown preset 'huge'" in res.stderr
 
 
-def test_the_main_job_starts_from_the_pretrained_dit_unless_from_scratch():
+def test_the_main_job_starts_from_the_pretrained_parts_unless_from_scratch():
     from duogen.cli import build_parser
     from duogen.cli.pipeline import run_overrides
     from duogen.components.pipeline.pipeline import duogen_pipeline
@@ -60,15 +60,17 @@ def test_the_main_job_starts_from_the_pretrained_dit_unless_from_scratch():
 
     parser = build_parser()
     default = run_overrides(parser.parse_args(["run"]))
-    assert default == {"run_name": "toy"}  # the pipeline's own defaults: toy preset, pretrained DiT
+    assert default == {"run_name": "toy"}  # the pipeline's own defaults: toy preset, pretrained parts
     parameters = duogen_pipeline.pipeline_spec.root.input_definitions.parameters
     assert parameters["preset"].default_value.string_value == "toy"
     assert parameters["stage2_dit_lr_ratio"].default_value.number_value == 0.0  # its connector aligns alone
-    assert get_preset("toy").dit_init == "toy"
+    short = parameters["stage1_steps"].default_value.number_value
+    assert (get_preset("toy").mllm_init, get_preset("toy").dit_init) == ("toy", "toy")
     for argv in (["run", "--from-scratch"], ["pipeline", "run", "--local", "--from-scratch"]):
         scratch = run_overrides(parser.parse_args(argv))
         assert scratch["preset"] == "toy-scratch" and scratch["stage2_dit_lr_ratio"] == 1.0  # it trains whole
-    assert get_preset("toy-scratch").dit_init is None
+        assert scratch["stage1_steps"] > 4 * short  # a random MLLM learns to write; a pretrained one tunes
+    assert (get_preset("toy-scratch").mllm_init, get_preset("toy-scratch").dit_init) == (None, None)
     chosen = run_overrides(parser.parse_args(["run", "--from-scratch", "--set", "stage2_dit_lr_ratio=0.5"]))
     assert chosen["stage2_dit_lr_ratio"] == 0.5
 

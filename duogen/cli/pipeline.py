@@ -32,8 +32,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def run_overrides(args: argparse.Namespace) -> dict:
     """The pipeline parameters a local run sets: the run name, `--set`s, and `--from-scratch` (the toy
-    preset with a random DiT, `toy-scratch`, in place of the shipped pretrained one; its whole DiT trains in
-    Stage 2, not the connector alone, unless a `--set` says otherwise)."""
+    preset with random weights, `toy-scratch`, in place of the shipped pretrained MLLM and DiT; Stage 1 then
+    trains longer and Stage 2 the whole DiT, not the connector alone, unless a `--set` says otherwise)."""
     from duogen.components.pipeline.pipeline import FROM_SCRATCH
 
     return {"run_name": args.run_name, **(FROM_SCRATCH if args.from_scratch else {}), **_set(args.set)}
@@ -43,8 +43,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The whole pipeline on this machine on the embedded toy world (KFP's local subprocess runner): toy
     world, curation, Stage 1, Stage 2, evaluation, registration in a sqlite MLflow, gated promotion, then
     the promoted model served on 127.0.0.1 answers one request, saved as OUT/toy/deploy-champion/answer.html.
-    A rerun with the same --out and run name redoes only unfinished steps. The toy pair's DiT starts from the
-    pretrained one shipped in the package; --from-scratch starts it from random weights."""
+    A rerun with the same --out and run name redoes only unfinished steps. The toy pair's MLLM and DiT start
+    from the pretrained ones shipped in the package; --from-scratch starts both from random weights."""
     from duogen.components.pipeline.pipeline import duogen_pipeline
     from duogen.platform.kfp_runner import local_arguments, run_local
 
@@ -111,8 +111,8 @@ def _run_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--from-scratch",
         action="store_true",
-        help="the toy DiT from random weights, not the shipped pretrained one (preset toy-scratch; Stage 2 "
-        "then trains the whole DiT: stage2_dit_lr_ratio=1)",
+        help="the toy MLLM and DiT from random weights, not the shipped pretrained ones (preset toy-scratch; "
+        "Stage 1 then trains 5,000 steps and Stage 2 the whole DiT: stage2_dit_lr_ratio=1)",
     )
     r.add_argument(
         "--artifacts",
