@@ -41,11 +41,17 @@ def compile_pipeline(pipeline: Callable, path: str | Path) -> Path:
 
 
 def local_arguments(out: str | Path, size: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Arguments of a local run: storage and a sqlite MLflow under `out` unless given."""
+    """Arguments of a local run: storage and a sqlite MLflow under `out`, and the run name `toy` (its folder
+    under `out`; on a cluster the KFP run id names a run), unless given."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     out = Path(out).resolve()
-    args = {"root": str(out), "tracking_uri": f"sqlite:///{out / 'mlflow.db'}", **SIZES[size]}
+    args = {
+        "root": str(out),
+        "tracking_uri": f"sqlite:///{out / 'mlflow.db'}",
+        "run_name": "toy",
+        **SIZES[size],
+    }
     return args | {k: v for k, v in overrides.items() if v is not None}
 
 

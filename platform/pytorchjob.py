@@ -1,15 +1,25 @@
 """Training on the cluster: one PyTorchJob per training stage, through the kubeflow-training SDK.
 
-The job runs the training stage's own entry point (`python -m duogen.cli train STAGE --set ...`, the same
-command local torchrun runs) in the project's GPU image: a Master and `nodes - 1` Workers, `nprocPerNode`
-processes each (the operator sets torchrun's rendezvous), GPU limits, the GPU pool's node selector and
-tolerations, /dev/shm as a memory-backed emptyDir (NCCL and data loaders need more than the default 64 MiB),
-S3 credentials from a Secret, `restartPolicy: ExitCode` (a preempted pod exits 143 and is restarted; the
-stage resumes from its checkpoint), a backoff limit and a TTL after it finishes.
+What the pods receive is the Kubeflow Training Operator's code, not our assumption (kubeflow/trainer v1.9.4,
+formerly kubeflow/training-operator; `pkg/controller.v1/pytorch/envvar.go`, `elastic.go`). With an
+`elasticPolicy` and Worker replicas only, every pod gets `PET_NNODES` ("n:n"), `PET_NPROC_PER_NODE`,
+`PET_RDZV_BACKEND` (c10d), `PET_RDZV_ENDPOINT` (`<job>-worker-0:<pytorchjob-port>`) and `PET_MAX_RESTARTS`,
+and no `LOCAL_RANK`, `RANK` or `WORLD_SIZE`: those are torchrun's to set. So every pod runs torchrun
+(`pod_command`), which reads the `PET_*` variables as its own flags and starts one process per GPU running
+the caller's program; the ranks find each other through the c10d rendezvous on worker-0. Kubeflow Trainer
+v2's torch plugin injects the same `PET_NNODES` / `PET_NPROC_PER_NODE` contract (with a static master
+address instead of the rendezvous endpoint), which torchrun reads the same way.
 
-`launch` is idempotent: the job's name comes from the pipeline run and the stage, so a retried pipeline step
-finds the job it created and waits on it instead of starting another. Waiting polls the job's conditions,
-prints the master pod's new log lines, and fails with the job's own reason.
+Restarts are the operator's elastic mechanism: when any training process fails, torchrun's agents in every
+pod stop their workers, meet again in the rendezvous and restart them all (`max_restarts` times), and the
+stage resumes from its last checkpoint; a pod that dies is restarted in place (`restartPolicy: OnFailure`)
+and its agent rejoins. A fixed-size job with `restartPolicy: ExitCode` instead restarts one pod while the
+others stall in their collectives (the operator never restarts siblings: `pkg/controller.v1/common/pod.go`).
+
+`launch` creates the job, or re-attaches to this run's job when it is running or has succeeded (a retried
+pipeline step); a job of this run that failed is deleted and created again. Waiting polls the conditions,
+prints worker 0's new log lines and fails with the job's own reason; the result is the JSON rank 0 wrote to
+`result_uri` (object storage: a pod's disk goes with the pod).
 """
 
 from __future__ import annotations
@@ -28,6 +38,12 @@ from kubernetes import client as k8s
 from .k8s_security import container_security, pod_security
 
 GROUP, VERSION, PLURAL, KIND = "kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"
+PORT = 23456  # the operator's PyTorchJobDefaultPort, on the port named `pytorchjob-port` it looks up
+TORCHRUN = ["python", "-m", "torch.distributed.run"]
+# A fresh worker store in every rendezvous round: with the store shared across rounds (torch's default) a
+# restart reads the last round's process-group addresses and connects to dead ranks (torch 2.13,
+# elastic/rendezvous/dynamic_rendezvous.py `next_rendezvous`; tests/test_pytorchjob_conformance.py)
+TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
 @dataclass
@@ -45,6 +61,8 @@ class ClusterSettings:
     s3_secret: str | None = "duogen-s3"  # AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL ...
     env: dict[str, str] = field(default_factory=dict)
     service_account: str | None = None
+    image_pull_secret: str | None = None
+    max_restarts: int = 3  # whole-job restarts (torchrun's elastic agents) before the job fails
     backoff_limit: int = 3
     ttl_seconds_after_finished: int = 7 * 24 * 3600
     timeout_seconds: float = 48 * 3600
@@ -58,19 +76,18 @@ def job_name(run: str, stage: str) -> str:
     return f"{base[:43].rstrip('-')}-{hashlib.sha256(base.encode()).hexdigest()[:8]}"
 
 
-def train_command(stage: str, config: dict[str, Any]) -> list[str]:
-    """The pods' command: `duogen train` with the stage's whole config as `--set` overrides."""
-    sets = [
-        f"--set={k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in config.items() if v is not None
-    ]
-    return ["python", "-m", "duogen.cli", "train", stage, "--quiet", *sets]
+def pod_command(program: list[str]) -> list[str]:
+    """What every pod runs: torchrun, whose flags come from the operator's `PET_*` variables (see the
+    module's docstring), starting one process per GPU that runs `program` (e.g. `-m module args...`)."""
+    return [*TORCHRUN, *program]
 
 
-def _replica(settings: ClusterSettings, command: list[str], replicas: int) -> models.KubeflowOrgV1ReplicaSpec:
+def _replicas(settings: ClusterSettings, command: list[str]) -> models.KubeflowOrgV1ReplicaSpec:
     limits = {"cpu": settings.cpu, "memory": settings.memory}
     if settings.gpus_per_node:
         limits["nvidia.com/gpu"] = str(settings.gpus_per_node)
     env = [k8s.V1EnvVar(name="HOME", value="/tmp")]  # caches (HF, triton) go to the writable /tmp
+    env += [k8s.V1EnvVar(name=k, value=v) for k, v in TORCHRUN_ENV.items()]
     env += [k8s.V1EnvVar(name=k, value=v) for k, v in sorted(settings.env.items())]
     env_from = (
         [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.s3_secret))]
@@ -78,11 +95,12 @@ def _replica(settings: ClusterSettings, command: list[str], replicas: int) -> mo
         else None
     )
     container = k8s.V1Container(
-        name="pytorch",  # the operator finds the training container by this name
+        name="pytorch",  # the operator reads the port and the exit code of the container of this name
         image=settings.image,
         command=command,
         env=env,
         env_from=env_from,
+        ports=[k8s.V1ContainerPort(name="pytorchjob-port", container_port=PORT)],
         resources=k8s.V1ResourceRequirements(requests=dict(limits), limits=limits),
         volume_mounts=[
             k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
@@ -102,31 +120,36 @@ def _replica(settings: ClusterSettings, command: list[str], replicas: int) -> mo
         node_selector=settings.node_selector or None,
         tolerations=[k8s.V1Toleration(**t) for t in settings.tolerations] or None,
         service_account_name=settings.service_account,
+        image_pull_secrets=[k8s.V1LocalObjectReference(name=settings.image_pull_secret)]
+        if settings.image_pull_secret
+        else None,
         security_context=pod_security(),
     )
     return models.KubeflowOrgV1ReplicaSpec(
-        replicas=replicas, restart_policy="ExitCode", template=k8s.V1PodTemplateSpec(spec=pod)
+        replicas=settings.nodes, restart_policy="OnFailure", template=k8s.V1PodTemplateSpec(spec=pod)
     )
 
 
 def build_job(
-    name: str, stage: str, config: dict[str, Any], settings: ClusterSettings
+    name: str, program: list[str], settings: ClusterSettings, labels: dict[str, str] | None = None
 ) -> models.KubeflowOrgV1PyTorchJob:
-    command = train_command(stage, config)
-    replicas = {"Master": _replica(settings, command, 1)}
-    if settings.nodes > 1:
-        replicas["Worker"] = _replica(settings, command, settings.nodes - 1)
+    """Worker replicas only (one per node) under an elastic policy of fixed size: the operator then gives
+    every pod torchrun's rendezvous (c10d on worker-0) and the restart budget."""
+    n = settings.nodes
     return models.KubeflowOrgV1PyTorchJob(
         api_version=f"{GROUP}/{VERSION}",
         kind=KIND,
         metadata=k8s.V1ObjectMeta(
             name=name,
             namespace=settings.namespace,
-            labels={"app.kubernetes.io/part-of": "duogen", "duogen/stage": stage},
+            labels={"app.kubernetes.io/part-of": "duogen", **(labels or {})},
         ),
         spec=models.KubeflowOrgV1PyTorchJobSpec(
             nproc_per_node=str(settings.nproc_per_node),
-            pytorch_replica_specs=replicas,
+            elastic_policy=models.KubeflowOrgV1ElasticPolicy(
+                rdzv_backend="c10d", min_replicas=n, max_replicas=n, max_restarts=settings.max_restarts
+            ),
+            pytorch_replica_specs={"Worker": _replicas(settings, pod_command(program))},
             run_policy=models.KubeflowOrgV1RunPolicy(
                 backoff_limit=settings.backoff_limit,
                 ttl_seconds_after_finished=settings.ttl_seconds_after_finished,
@@ -168,34 +191,57 @@ def _client(settings: ClusterSettings, configuration: k8s.Configuration | None):
     )
 
 
-def _exists(client, name: str) -> bool:
+def _existing(client, name: str) -> dict | None:
     try:
-        client.get_job(name)
-        return True
+        return as_dict(client.get_job(name))
     except RuntimeError as err:  # the SDK wraps the API's error; a 404 means "not created yet"
         if getattr(err.__context__, "status", None) == 404:
-            return False
+            return None
         raise JobFailed(f"reading PyTorchJob {name} failed: {err}") from None
+
+
+def _delete(client, name: str, ns: str, poll_seconds: float, timeout: float = 600.0) -> None:
+    """Delete a job and wait until it is gone (its pods go with it), so a new one can take its name."""
+    try:
+        client.delete_job(name)
+    except RuntimeError as err:
+        raise JobFailed(
+            f"deleting the failed PyTorchJob {ns}/{name} failed: {err.__context__ or err}"
+        ) from None
+    deadline = time.monotonic() + timeout
+    while _existing(client, name) is not None:
+        if time.monotonic() > deadline:
+            raise JobFailed(f"the failed PyTorchJob {ns}/{name} was not deleted within {timeout:.0f} s")
+        time.sleep(poll_seconds)
 
 
 def launch(
     name: str,
-    stage: str,
-    config: dict[str, Any],
+    program: list[str],
     settings: ClusterSettings,
+    result_uri: str,
+    labels: dict[str, str] | None = None,
     configuration: k8s.Configuration | None = None,
     poll_seconds: float = 10.0,
     log=print,
 ) -> dict[str, Any]:
-    """Create the job (or re-attach to the one a previous attempt created), wait for it, stream the master's
-    log; returns the stage's summary line (rank 0's JSON). Raises JobFailed with the job's reason."""
+    """Create the job, or re-attach to the one a previous attempt of this run created while it runs or after
+    it succeeded (a job of this run that failed is deleted and created again); wait for it, stream worker
+    0's log; return the JSON rank 0 wrote to `result_uri`. Raises JobFailed with the job's reason."""
+    from . import storage
+
     client = _client(settings, configuration)
     ns = settings.namespace
-    if _exists(client, name):
+    job = _existing(client, name)
+    if job is not None and "Failed" in _conditions(job):
+        log(f"PyTorchJob {ns}/{name} of this run failed before: deleting it to start again")
+        _delete(client, name, ns, poll_seconds)
+        job = None
+    if job is not None:
         log(f"PyTorchJob {ns}/{name} exists (a retried step): waiting on it")
     else:
         try:
-            client.create_job(job=build_job(name, stage, config, settings))
+            client.create_job(job=build_job(name, program, settings, labels))
         except RuntimeError as err:
             raise JobFailed(f"creating PyTorchJob {ns}/{name} failed: {err.__context__ or err}") from None
         log(f"created PyTorchJob {ns}/{name}")
@@ -203,7 +249,7 @@ def launch(
     seen, text = 0, ""
     while True:
         job = as_dict(client.get_job(name))
-        text = _master_log(client, name) or text
+        text = _worker0_log(client, name) or text
         if len(text) > seen:
             for line in text[seen:].splitlines():
                 log(f"[{name}] {line}")
@@ -217,15 +263,15 @@ def launch(
         if time.monotonic() > deadline:
             raise JobFailed(f"PyTorchJob {ns}/{name} did not finish within {settings.timeout_seconds:.0f} s")
         time.sleep(poll_seconds)
-    lines = [line for line in text.splitlines() if line.startswith("{")]
-    if not lines:
-        raise JobFailed(f"PyTorchJob {ns}/{name} succeeded but its master printed no summary line")
-    return json.loads(lines[-1])
+    result = storage.read_text(result_uri)
+    if result is None:
+        raise JobFailed(f"PyTorchJob {ns}/{name} succeeded but wrote no result to {result_uri}")
+    return json.loads(result)
 
 
-def _master_log(client, name: str) -> str | None:
+def _worker0_log(client, name: str) -> str | None:
     try:
-        logs, _ = client.get_job_logs(name, is_master=True)
+        logs, _ = client.get_job_logs(name, is_master=False, replica_type="worker", replica_index=0)
     except (RuntimeError, k8s.ApiException):
         return None  # the pod is not scheduled yet, or already gone
     return next(iter(logs.values()), None)

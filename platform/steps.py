@@ -24,6 +24,15 @@ from . import storage
 RECORD = "_step.json"
 
 
+def run_identity(run_name: str, kfp_run_id: str) -> str:
+    """The run's name under the storage root: `run_name` when given, else the KFP run's id (a UI run with
+    the defaults), so every run has its own folders, step records and job names."""
+    name = (run_name or "").strip() or (kfp_run_id or "").strip()
+    if not name or "{{" in name:
+        raise ValueError("a pipeline run needs a run_name or a KFP run id (got neither)")
+    return name
+
+
 def step_uri(root: str, run: str, step: str) -> str:
     return storage.join(root, run, step)
 

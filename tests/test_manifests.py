@@ -71,8 +71,10 @@ def test_each_training_pod_reads_a_valid_config_for_its_own_stage(rendered, tmp_
         for replica in job["spec"]["pytorchReplicaSpecs"].values():
             pod = replica["template"]["spec"]
             (container,) = pod["containers"]
-            args = build_parser().parse_args(container["command"][3:])  # after `python -m duogen.cli`
-            assert container["command"][:3] == ["python", "-m", "duogen.cli"]
+            # torchrun (the operator's PET_* variables, tests/test_pytorchjob_conformance.py runs them)
+            # over `-m duogen.cli train STAGE`
+            assert container["command"][:5] == ["python", "-m", "torch.distributed.run", "-m", "duogen.cli"]
+            args = build_parser().parse_args(container["command"][5:])
             assert (args.func.__name__, args.stage) == ("cmd_train", stage)
             (volume,) = [v for v in pod["volumes"] if v["name"] == "config"]
             mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
@@ -82,22 +84,28 @@ def test_each_training_pod_reads_a_valid_config_for_its_own_stage(rendered, tmp_
             (tmp_path / config_file.name).write_text(files[config_file.name])
             cfg = load_config(tmp_path / config_file.name)  # unknown keys or bad types raise here
             assert cfg.stage == stage and cfg.checkpoint_dir.startswith("s3://")
-            assert replica["restartPolicy"] == "ExitCode" and container["name"] == "pytorch"
+            assert replica["restartPolicy"] == "OnFailure" and container["name"] == "pytorch"
+            assert {"name": "pytorchjob-port", "containerPort": 23456} in container["ports"]
+        assert set(job["spec"]["pytorchReplicaSpecs"]) == {"Worker"}  # elastic: the rendezvous is worker-0
+        elastic = job["spec"]["elasticPolicy"]
+        nodes = job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"]
+        assert (elastic["rdzvBackend"], elastic["minReplicas"], elastic["maxReplicas"]) == (
+            "c10d",
+            nodes,
+            nodes,
+        )
     if target == "overlays/gpu-prod":
         for job in (o for o in objects if o["kind"] == "PyTorchJob"):
             spec = job["spec"]
-            assert spec["nprocPerNode"] == "8" and spec["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
-            for replica in spec["pytorchReplicaSpecs"].values():
-                pod = replica["template"]["spec"]
-                assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
-                assert pod["containers"][0]["image"] == "ghcr.io/duogen/duogen-gpu:0.1.0"
-                assert pod["nodeSelector"] and pod["tolerations"]
-            master, worker = (spec["pytorchReplicaSpecs"][r]["template"] for r in ("Master", "Worker"))
-            assert master == worker  # the same pod on every node
+            assert spec["nprocPerNode"] == "8" and spec["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
+            pod = spec["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+            assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+            assert pod["containers"][0]["image"] == "ghcr.io/duogen/duogen-gpu:0.1.0"
+            assert pod["nodeSelector"] and pod["tolerations"]
     if target == "overlays/cpu-dev":
         for job in (o for o in objects if o["kind"] == "PyTorchJob"):
-            (container,) = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
-            assert "Worker" not in job["spec"]["pytorchReplicaSpecs"]
+            (container,) = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+            assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
             assert "nvidia.com/gpu" not in container["resources"]["limits"]
             assert container["image"] == "ghcr.io/duogen/duogen:0.1.0"
 

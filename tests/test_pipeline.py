@@ -42,8 +42,8 @@ def test_the_compiled_pipeline_loads_back_with_every_parameter(tmp_path):
     import importlib
 
     # one file per component: comp-NAME is components/pipeline/NAME_component.py
-    names = ["toyworld", "plan-curation", "curate", "dataset-manifest", "train", "evaluate", "register"]
-    names += ["promote", "deploy"]
+    names = ["run-identity", "toyworld", "plan-curation", "curate", "dataset-manifest", "train", "evaluate"]
+    names += ["register", "promote", "deploy"]
     functions = {}
     for name in names:
         module = importlib.import_module(f"duogen.components.pipeline.{name.replace('-', '_')}_component")
@@ -60,9 +60,10 @@ def test_the_compiled_pipeline_loads_back_with_every_parameter(tmp_path):
     )
     assert tasks["train-2"]["inputs"]["parameters"]["model"]["taskOutputParameter"]["producerTask"] == "train"
     assert load_component_from_file(str(tmp_path / "p.yaml")).name == "duogen"
-    # on a cluster every step's pod gets the S3 Secret as environment, and the steps that resume retry
+    # on a cluster every step that touches storage gets the S3 Secret as environment (all but the run's
+    # identity, which only names the run), and the steps that resume retry
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert len(executors) == len(spec["deploymentSpec"]["executors"])
+    assert set(executors) == set(spec["deploymentSpec"]["executors"]) - {"exec-run-identity"}
     assert all(
         e["secretAsEnv"][0]["keyToEnv"][0]
         == {"secretKey": "AWS_ACCESS_KEY_ID", "envVar": "AWS_ACCESS_KEY_ID"}

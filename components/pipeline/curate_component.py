@@ -4,8 +4,8 @@ from . import IMAGE
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def curate(item: dict, root: str, run_name: str, synthetic_per_seed: int, alignment: str, seed: int) -> str:
-    """One part of one source's curation (`item`: source, part, parts, world); returns a JSON record
+def curate(item: dict, root: str, synthetic_per_seed: int, alignment: str, seed: int) -> str:
+    """One part of one source's curation (`item`: source, part, parts, world, run); returns a JSON record
     {source, uri, report}."""
     import json
 
@@ -16,5 +16,6 @@ def curate(item: dict, root: str, run_name: str, synthetic_per_seed: int, alignm
     p = CurationPlan(world, synthetic_per_seed, str(input_dir(alignment)) if alignment else "", seed=seed)
     source, part, parts = item["source"], int(item["part"]), int(item["parts"])  # numbers arrive as floats
     step = f"curate-{source}-{part}of{parts}"
-    report = once(root, run_name, step, lambda out: curate_part(p, source, part, parts, out))
-    return json.dumps({"source": source, "uri": step_uri(root, run_name, step), "report": report})
+    run = item["run"]
+    report = once(root, run, step, lambda out: curate_part(p, source, part, parts, out))
+    return json.dumps({"source": source, "uri": step_uri(root, run, step), "report": report})

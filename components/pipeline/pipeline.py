@@ -14,12 +14,14 @@ from .evaluate_component import evaluate
 from .plan_curation_component import plan_curation
 from .promote_component import promote
 from .register_component import register
+from .run_identity_component import run_identity
 from .toyworld_component import toyworld
 from .train_component import train
 
 DEFAULT_GATES = {"t_com": 0.5, "i_com": 0.9}
-# `--from-scratch`: the toy preset with a random DiT, which Stage 2 trains whole (not its connector alone)
-FROM_SCRATCH = {"preset": "toy-scratch", "stage2_dit_lr_ratio": 1.0}
+# `--from-scratch`: the toy preset with random weights in both parts: Stage 1 then trains the MLLM from
+# nothing (the steps and lr that made it fluent before the pretrained MLLM shipped) and Stage 2 the whole DiT
+FROM_SCRATCH = {"preset": "toy-scratch", "stage1_steps": 5000, "stage1_lr": 3e-3, "stage2_dit_lr_ratio": 1.0}
 S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
 
 
@@ -39,7 +41,7 @@ def _on_cluster(task, s3_secret, retries: int = 0):
 )
 def duogen_pipeline(
     root: str = "outputs/pipeline",
-    run_name: str = "toy",
+    run_name: str = "",  # empty: the KFP run id (every UI run its own); `duogen run` passes "toy"
     tracking_uri: str = "",
     experiment: str = "duogen-pipeline",
     model_name: str = "duogen-toy",
@@ -50,8 +52,8 @@ def duogen_pipeline(
     shards: int = 2,
     synthetic_per_seed: int = 400,
     alignment_data: str = "",
-    stage1_steps: int = 5000,
-    stage1_lr: float = 3e-3,
+    stage1_steps: int = 500,  # a tuning of the shipped pretrained MLLM (README)
+    stage1_lr: float = 1e-3,
     stage2_steps: int = 300,
     stage2_lr: float = 1e-3,
     stage2_dit_lr_ratio: float = 0.0,  # the pretrained toy DiT: its connector alone aligns (README)
@@ -63,7 +65,7 @@ def duogen_pipeline(
     cluster: dict = {},
     tp: int = 1,
     fp8: bool = False,
-    eval_tasks: int = 20,
+    eval_tasks: int = 40,
     gates: dict = DEFAULT_GATES,
     alias: str = "champion",
     deploy_model: bool = True,
@@ -75,6 +77,9 @@ def duogen_pipeline(
     tracking = dict(
         tracking_uri=tracking_uri, experiment=experiment, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
     )
+    identity = run_identity(run_name=run_name, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    identity.set_display_name("run identity")
+    run_name = identity.output  # every step below works under ROOT/<this run>
     world = toyworld(root=root, run_name=run_name, pages=pages, videos=videos, seed=seed, **tracking)
     _on_cluster(world, s3_secret).set_display_name("toy world")
 
@@ -92,7 +97,6 @@ def duogen_pipeline(
         part = curate(
             item=item,
             root=root,
-            run_name=run_name,
             synthetic_per_seed=synthetic_per_seed,
             alignment=alignment_data,
             seed=seed,

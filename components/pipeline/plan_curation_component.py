@@ -13,12 +13,13 @@ def plan_curation(
     alignment: str,
     seed: int,
 ) -> list[dict]:
-    """The fan-out: up to `shards` parts per source (one task each). Each item carries the world's URI:
-    KFP's local runner hands a task inside a ParallelFor the loop item in place of any other task's output."""
+    """The fan-out: up to `shards` parts per source (one task each). Each item carries the world's URI and
+    the run's name: KFP's local runner hands a task inside a ParallelFor the loop item in place of any other
+    task's output."""
     from duogen.components.curation.fanout import CurationPlan, parts
     from duogen.platform.steps import input_dir
 
     local = CurationPlan(
         str(input_dir(world)), synthetic_per_seed, str(input_dir(alignment)) if alignment else "", seed=seed
     )
-    return [{**item, "world": world} for item in parts(local, sources, shards)]
+    return [{**item, "world": world, "run": run_name} for item in parts(local, sources, shards)]

@@ -82,11 +82,21 @@ def train(
         settings = ClusterSettings(
             **{**cluster, "nodes": nodes, "nproc_per_node": nproc_per_node, "gpus_per_node": gpus_per_node}
         )
-        pods = dataclasses.replace(cfg, out="/tmp/duogen-train", export_uri=storage.join(uri, "model"))
-        name = job_name(run_name, stage)
-        result = train_stage(
-            pods, launcher=lambda c: result_from_summary(launch(name, stage, c.to_dict(), settings))
+        pods = dataclasses.replace(
+            cfg,
+            out="/tmp/duogen-train",
+            export_uri=storage.join(uri, "model"),
+            result_uri=storage.join(uri, "result.json"),
         )
+        # every pod runs torchrun (the operator's PET_* variables) over this program in each process
+        program = ["-m", "duogen.cli", "train", stage, "--quiet", *(f"--set={o}" for o in pods.overrides())]
+        name = job_name(run_name, stage)
+        labels = {"duogen/stage": stage}
+
+        def on_cluster(c):
+            return result_from_summary(launch(name, program, settings, c.result, labels))
+
+        result = train_stage(pods, launcher=on_cluster)
         return {**result, "model": storage.join(uri, "model"), "pytorchjob": name}
 
     out = once(root, run_name, stage, work)

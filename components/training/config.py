@@ -46,6 +46,7 @@ class TrainConfig:
     experiment: str = "duogen"
     pipeline_run_id: str | None = None
     export_uri: str | None = None  # also publish the exported model here (s3://...; a pod's disk is lost)
+    result_uri: str | None = None  # where rank 0 writes the run's result (JSON); default: `out`/result.json
     image_decoder: str = (
         "auto"  # "dali" (nvJPEG on the rank's GPU; CPU operators here), "pil"; auto: DALI on GPU
     )
@@ -70,12 +71,26 @@ class TrainConfig:
                 raise ValueError(f"unknown fp8 recipe {self.fp8!r}; choose one of {', '.join(FP8_RECIPES)}")
 
     @property
+    def result(self) -> str:
+        """Where rank 0 writes the run's result (`summary`): what a launcher reads back, from any pod."""
+        return self.result_uri or str(Path(self.out) / "result.json")
+
+    @property
     def checkpoints(self) -> str:
         """Where checkpoints go: `checkpoint_dir`, or `out`/checkpoints."""
         return self.checkpoint_dir or str(Path(self.out) / "checkpoints")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def overrides(self) -> list[str]:
+        """The whole config as `key=value` overrides that `load_config(None, ...)` reads back unchanged
+        (what a pod's `duogen train --set ...` command carries)."""
+        return [
+            f"{k}={v if isinstance(v, str) else json.dumps(v)}"
+            for k, v in self.to_dict().items()
+            if v is not None
+        ]
 
 
 def _coerce(name: str, raw: str) -> Any:

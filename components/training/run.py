@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from duogen.platform import storage
 from duogen.platform.launch import torchrun, train_argv
 
 from .config import TrainConfig
@@ -45,13 +46,17 @@ def result_from_summary(s: dict) -> TrainResult:
 
 
 def train(cfg: TrainConfig, nproc: int = 1, progress: bool = True) -> tuple[TrainResult, bool]:
-    """(result, is_main). `is_main` is False on the ranks of a job other than 0 (they print nothing)."""
+    """(result, is_main). `is_main` is False on the ranks of a job other than 0; rank 0 writes the result
+    (`summary`) to `cfg.result` (a file or an object-store URI), which is how launchers read it back."""
     if nproc <= 1 or in_a_job():
         trainer = Trainer(cfg, progress=progress)
         try:
-            return trainer.train(), trainer.is_main
+            result = trainer.train()
         finally:
             trainer.close()
+        if trainer.is_main:
+            storage.write_text(cfg.result, json.dumps(summary(cfg, result)))
+        return result, trainer.is_main
     if nproc % cfg.tp:
         raise ValueError(f"tp={cfg.tp} must divide --nproc {nproc}")
     out = Path(cfg.out)
@@ -59,10 +64,11 @@ def train(cfg: TrainConfig, nproc: int = 1, progress: bool = True) -> tuple[Trai
     config = out / "train_config.json"
     config.write_text(json.dumps(cfg.to_dict(), indent=2))
     argv = train_argv(cfg.stage, str(config), quiet=not progress)
+    written = storage.read_text(cfg.result)
     proc = torchrun(argv, nproc, capture="stdout")  # rank 0's progress bar and log lines stream through
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    result = result_from_summary(json.loads(lines[-1])) if lines else None
-    # a preempted job exits non-zero (torchrun reports its workers' 143) with rank 0's summary printed
+    text = storage.read_text(cfg.result)
+    result = result_from_summary(json.loads(text)) if text and text != written else None
+    # a preempted job exits non-zero (torchrun reports its workers' 143) with rank 0's result written
     if result is None or (proc.returncode != 0 and result.status == "finished"):
         tail = proc.stdout[-2000:]
         raise RuntimeError(f"{cfg.stage} on {nproc} processes failed (exit {proc.returncode}):\n{tail}")
