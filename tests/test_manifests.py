@@ -60,6 +60,22 @@ def test_renders_validate_and_meet_the_policy(rendered):
     ]
 
 
+def test_the_pods_configs_hold_locations_and_overrides_never_a_copy_of_the_recipe(rendered):
+    """One recipe per stage (components/training/recipes): a pod's ConfigMap adds where things live and
+    deliberate overrides; a value equal to the recipe's is a copy that would silently diverge later."""
+    import tomllib
+
+    from duogen.components.training.config import flatten, recipe
+
+    target, objects = rendered
+    for config_map in (o for o in objects if o["kind"] == "ConfigMap"):
+        for name, text in config_map["data"].items():
+            stage = name.removesuffix(".toml")
+            own, base = flatten(tomllib.loads(text)), recipe(stage)
+            copies = sorted(k for k, v in own.items() if k != "stage" and k in base and base[k] == v)
+            assert not copies, f"{target} {name} repeats the recipe's {copies}"
+
+
 def test_each_training_pod_reads_a_valid_config_for_its_own_stage(rendered, tmp_path):
     from duogen.cli import build_parser
     from duogen.components.training.config import load_config
@@ -82,7 +98,7 @@ def test_each_training_pod_reads_a_valid_config_for_its_own_stage(rendered, tmp_
             config_file = Path(args.config)
             assert config_file.parent == Path(mount["mountPath"])
             (tmp_path / config_file.name).write_text(files[config_file.name])
-            cfg = load_config(tmp_path / config_file.name)  # unknown keys or bad types raise here
+            cfg = load_config(tmp_path / config_file.name, stage=stage)  # recipe + file; bad keys raise
             assert cfg.stage == stage and cfg.checkpoint_dir.startswith("s3://")
             assert replica["restartPolicy"] == "OnFailure" and container["name"] == "pytorch"
             assert {"name": "pytorchjob-port", "containerPort": 23456} in container["ports"]

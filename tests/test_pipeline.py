@@ -240,3 +240,16 @@ def test_stage1_hands_stage2_the_shipped_pretrained_dit(run):
     shipped = load_file(str(pretrained_dit_dir("toy") / "diffusion_pytorch_model.safetensors"))
     stage1 = load_file(str(exported[0]))
     assert set(stage1) == set(shipped) and all(stage1[k].equal(shipped[k]) for k in shipped)
+
+
+def test_the_pipelines_training_defaults_are_the_stages_recipes():
+    """One recipe per stage: the UI's defaults come from components/training/recipes, as `duogen train`'s
+    and the manifests' pods' do (a hard-coded default here would be a fourth copy)."""
+    from duogen.components.training.config import load_config
+
+    params = inspect.signature(duogen_pipeline.pipeline_func).parameters
+    stage1, stage2 = load_config(stage="stage1"), load_config(stage="stage2")
+    assert (params["stage1_steps"].default, params["stage1_lr"].default) == (stage1.steps, stage1.lr)
+    assert (params["stage2_steps"].default, params["stage2_lr"].default) == (stage2.steps, stage2.lr)
+    assert params["stage2_dit_lr_ratio"].default == stage2.dit_lr_ratio
+    assert params["batch_size"].default == stage1.batch_size == stage2.batch_size

@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from .executor import plan, run_stage
-
-SOURCES = ("web", "video", "synthetic", "alignment")
+from .registry import source as registered
 
 
 @dataclass
 class CurationPlan:
-    """Where each source's inputs come from: the toy world (or any folder of pages / videos), the
-    prompt pool, alignment datasets."""
+    """Where each source's inputs come from: the toy world (or any folder whose `pages/` and `videos/` hold
+    web and video inputs), the prompt pool, alignment datasets."""
 
     world: str  # folder with pages/ and videos/
     synthetic_per_seed: int = 40
@@ -28,45 +27,25 @@ class CurationPlan:
     seed: int = 0
 
 
-def source_inputs(source: str, p: CurationPlan) -> list[Any]:
-    from .sources import folder_inputs
-
-    world = Path(p.world)
-    if source in ("web", "video") and not world.is_dir():
-        raise FileNotFoundError(
-            f"the world folder {p.world} does not exist (its pages and videos are {source}'s inputs)"
-        )
-    if source == "web":
-        return folder_inputs(world / "pages")
-    if source == "video":
-        return sorted(str(f) for f in (world / "videos").glob("*.mp4"))
-    if source == "synthetic":
+def source_inputs(name: str, p: CurationPlan) -> list[Any]:
+    """A source's inputs, found as `duogen curate` finds them (the registry's input kinds)."""
+    src = registered(name)
+    if name == "synthetic":
         from .synthetic import plan_instructions
 
         return plan_instructions(per_seed=p.synthetic_per_seed, seed=p.seed)
-    if source == "alignment":
-        if not p.alignment:
-            return []
-        root = Path(p.alignment)
-        files = (
-            [root]
-            if root.is_file()
-            else sorted(f for f in root.rglob("*") if f.suffix in (".json", ".jsonl"))
+    if name == "alignment":
+        return src.files([p.alignment]) if p.alignment else []
+    world = Path(p.world)
+    if not world.is_dir():
+        raise FileNotFoundError(
+            f"the world folder {p.world} does not exist (its {src.folder}/ holds {name}'s inputs)"
         )
-        return [str(f) for f in files]
-    raise ValueError(f"unknown curation source {source!r}; choose from {SOURCES}")
+    return src.files([world / src.folder]) if (world / src.folder).is_dir() else []
 
 
-def stage_for(source: str):
-    if source == "web":
-        from .web import web_stage as stage
-    elif source == "video":
-        from .video import video_stage as stage
-    elif source == "synthetic":
-        from .synthetic import synthetic_stage as stage
-    else:
-        from .alignment import alignment_stage as stage
-    return stage
+def stage_for(name: str):
+    return registered(name).stage_function()
 
 
 def parts(p: CurationPlan, sources: list[str], shards: int) -> list[dict[str, Any]]:

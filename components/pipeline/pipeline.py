@@ -7,6 +7,9 @@ root (`s3://...`), the MLflow server, the launcher's nodes / GPUs / TP / FP8, st
 
 from kfp import dsl, kubernetes
 
+from duogen.components.curation.registry import SOURCES
+from duogen.components.training.config import recipe
+
 from .curate_component import curate
 from .dataset_manifest_component import dataset_manifest
 from .deploy_component import deploy
@@ -19,6 +22,8 @@ from .toyworld_component import toyworld
 from .train_component import train
 
 DEFAULT_GATES = {"t_com": 0.5, "i_com": 0.9}
+STAGE1, STAGE2 = recipe("stage1"), recipe("stage2")  # the parameters' defaults are the stages' recipes'
+
 # `--from-scratch`: the toy preset with random weights in both parts: Stage 1 then trains the MLLM from
 # nothing (the steps and lr that made it fluent before the pretrained MLLM shipped) and Stage 2 the whole DiT
 FROM_SCRATCH = {"preset": "toy-scratch", "stage1_steps": 5000, "stage1_lr": 3e-3, "stage2_dit_lr_ratio": 1.0}
@@ -48,16 +53,16 @@ def duogen_pipeline(
     preset: str = "toy",
     pages: int = 60,
     videos: int = 8,
-    sources: list[str] = ["web", "video", "synthetic", "alignment"],
+    sources: list[str] = list(SOURCES),  # the curation registry's
     shards: int = 2,
     synthetic_per_seed: int = 400,
     alignment_data: str = "",
-    stage1_steps: int = 500,  # a tuning of the shipped pretrained MLLM (README)
-    stage1_lr: float = 1e-3,
-    stage2_steps: int = 300,
-    stage2_lr: float = 1e-3,
-    stage2_dit_lr_ratio: float = 0.0,  # the pretrained toy DiT: its connector alone aligns (README)
-    batch_size: int = 4,
+    stage1_steps: int = STAGE1["steps"],  # a tuning of the shipped pretrained MLLM (README)
+    stage1_lr: float = STAGE1["lr"],
+    stage2_steps: int = STAGE2["steps"],
+    stage2_lr: float = STAGE2["lr"],
+    stage2_dit_lr_ratio: float = STAGE2["dit_lr_ratio"],  # the pretrained toy DiT: its connector aligns
+    batch_size: int = STAGE1["batch_size"],
     nodes: int = 1,
     nproc_per_node: int = 2,
     gpus_per_node: int = 0,

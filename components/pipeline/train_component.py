@@ -26,16 +26,17 @@ def train(
     tracking_uri: str,
     experiment: str,
     kfp_run_id: str,
-    dit_lr_ratio: float = 1.0,
+    dit_lr_ratio: float = 0.0,
 ) -> NamedTuple("Trained", model=str, mlflow_run_id=str):
     """Stage 1 (MLLM) or Stage 2 (connector + DiT) on the manifest's shards; `model` is a preset name or a
     previous stage's model URI; `dit_lr_ratio`: Stage 2 trains the DiT's own layers at lr x this, its
     connector at lr. `launcher`: "local" (torchrun here) or "pytorchjob" (a PyTorchJob in the cluster;
     `cluster` overrides its settings: image, namespace, node_selector, tolerations, s3_secret, ...).
     Returns the exported model's URI and the stage's MLflow run id."""
+    import dataclasses
     from collections import namedtuple
 
-    from duogen.components.training.config import TrainConfig
+    from duogen.components.training.config import load_config
     from duogen.components.training.stage_job import manifest_shards, train_stage
     from duogen.platform import storage
     from duogen.platform.steps import once, step_uri
@@ -49,21 +50,18 @@ def train(
         )
 
     def work(out):
-        stage2 = stage == "stage2"
-        cfg = TrainConfig(
-            stage=stage,
+        # the stage's recipe (components/training/recipes), the pipeline's parameters over it
+        cfg = load_config(stage=stage)
+        cfg = dataclasses.replace(
+            cfg,
             model=model,
             shards=manifest_shards(manifest, stage),  # URIs: a local copy is made where training runs
             out=str(out),
             steps=steps,
             lr=lr,
-            dit_lr_ratio=dit_lr_ratio,
+            dit_lr_ratio=dit_lr_ratio if stage == "stage2" else cfg.dit_lr_ratio,
             batch_size=batch_size,
-            warmup_steps=10 if stage2 else 5,
-            mix={"synthetic": 0.75, "web": 0.2, "video": 0.05, "alignment": 0.25} if stage2 else {},
             seed=seed,
-            log_every=20,
-            ckpt_every=50,
             tp=tp,
             fp8="delayed" if fp8 else None,
             checkpoint_dir=storage.join(uri, "checkpoints") if storage.is_url(uri) else None,
@@ -74,8 +72,6 @@ def train(
         if launcher == "local":
             result = train_stage(cfg, nproc=nodes * nproc_per_node)
             return {**result, "model": storage.join(uri, "model")}
-        import dataclasses
-
         from duogen.components.training.run import result_from_summary
         from duogen.platform.pytorchjob import ClusterSettings, job_name, launch
 

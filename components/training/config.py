@@ -109,13 +109,62 @@ def _coerce(name: str, raw: str) -> Any:
     return raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """Read a config file (.json or .toml) and apply `key=value` overrides, naming unknown keys."""
-    data: dict[str, Any] = {}
+# The sections of a config file (TOML tables) and the fields each holds; a file may also give fields at the
+# top level. A field under the wrong table is an error that names the right one.
+SECTIONS = {
+    "training": ("steps", "batch_size", "grad_accum", "token_budget", "seed", "stop_at"),
+    "optimizer": ("lr", "dit_lr_ratio", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip", "ema"),
+    "data": ("shards", "mix", "text_dropout", "image_decoder"),
+    "parallelism": ("tp", "fp8", "activation_checkpointing"),
+    "checkpoint": ("ckpt_every", "checkpoint_dir"),
+    "metrics": ("log_every", "tracking_uri", "experiment", "pipeline_run_id"),
+    "paths": ("out", "export_uri", "result_uri"),
+}
+RECIPES = Path(__file__).parent / "recipes"
+
+
+def flatten(data: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """A config file's tables folded into fields (`[optimizer] lr = ...` -> lr)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for field_name, item in value.items():
+                if field_name not in SECTIONS[key]:
+                    home = next((s for s, names in SECTIONS.items() if field_name in names), None)
+                    hint = f" (it belongs in [{home}])" if home else ""
+                    raise ValueError(f"{where}: [{key}] has no field {field_name!r}{hint}")
+                out[field_name] = item
+        else:
+            out[key] = value
+    return out
+
+
+def _read(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    return flatten(tomllib.loads(text) if path.suffix == ".toml" else json.loads(text), str(path))
+
+
+def recipe(stage: str) -> dict[str, Any]:
+    """A stage's recipe (`recipes/STAGE.toml`, in the package) as fields; Stage 2's draw over the sources
+    comes from the curation registry unless the recipe says otherwise."""
+    if stage not in ("stage1", "stage2"):
+        raise ValueError(f"stage must be 'stage1' or 'stage2', got {stage!r}")
+    data = _read(RECIPES / f"{stage}.toml")
+    if stage == "stage2" and "mix" not in data:
+        from duogen.components.curation.registry import stage2_mix
+
+        data["mix"] = stage2_mix()
+    return data
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] = (), stage: str | None = None
+) -> TrainConfig:
+    """The stage's recipe (with `stage`), then a config file (.json or .toml, flat or in SECTIONS), then
+    `key=value` overrides; unknown keys are named."""
+    data: dict[str, Any] = recipe(stage) if stage else {}
     if path is not None:
-        path = Path(path)
-        text = path.read_text()
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        data |= _read(Path(path))
     fields = TrainConfig.__dataclass_fields__
     unknown = sorted(set(data) - set(fields))
     for item in overrides:
@@ -128,4 +177,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         data[key] = _coerce(key, value)
     if unknown:
         raise ValueError(f"unknown training config keys {unknown}; known: {sorted(fields)}")
+    if stage and data.get("stage", stage) != stage:
+        raise ValueError(f"the config is for {data['stage']!r}, not {stage!r}")
     return TrainConfig(**data)

@@ -11,13 +11,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from duogen.components.curation.registry import stage1_sources
 from duogen.platform import storage
 
 from .config import TrainConfig
 from .loop import TrainResult
 from .run import train
-
-STAGE1_SOURCES = ("web", "synthetic", "alignment")
 
 
 def manifest_shards(manifest_uri: str, stage: str) -> list[str]:
@@ -26,7 +25,7 @@ def manifest_shards(manifest_uri: str, stage: str) -> list[str]:
     if text is None:
         raise FileNotFoundError(f"dataset manifest {manifest_uri} does not exist")
     sources = json.loads(text)["sources"]
-    names = [s for s in sources if stage == "stage2" or s in STAGE1_SOURCES]
+    names = [s for s in sources if stage == "stage2" or s in stage1_sources()]
     return [u for s in names for u in sources[s]]
 
 

@@ -6,25 +6,19 @@ import argparse
 import json
 from pathlib import Path
 
-WEB_SUFFIXES = (".html", ".htm", ".warc", ".warc.gz", "results.json")
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 
+def _inputs(paths: list[str], name: str) -> list[str]:
+    """The source's input files (the curation registry's input kinds), folders searched recursively."""
+    from duogen.components.curation.registry import source
 
-def _inputs(paths: list[str], suffixes: tuple[str, ...]) -> list[str]:
-    """Files with the stage's suffixes, folders searched recursively; sorted, so shards are reproducible."""
-    out: list[str] = []
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            out += sorted(
-                str(f) for f in path.rglob("*") if f.is_file() and f.name.lower().endswith(suffixes)
-            )
-        elif path.exists():
-            out.append(str(path))
-        else:
-            raise SystemExit(f"duogen curate: error: input {p} does not exist")
+    try:
+        out = source(name).files(paths)
+    except FileNotFoundError as err:
+        raise SystemExit(f"duogen curate: error: {err}") from None
     if not out:
-        raise SystemExit(f"duogen curate: error: no inputs ending in {', '.join(suffixes)} found")
+        raise SystemExit(
+            f"duogen curate: error: no inputs ending in {', '.join(source(name).suffixes)} found"
+        )
     return out
 
 
@@ -60,14 +54,14 @@ def cmd_web(args: argparse.Namespace) -> int:
     from duogen.components.curation.web import web_stage
 
     args.settings = {"mllm_ad_check": args.mllm_ad_check}
-    return _run(web_stage, _inputs(args.input, WEB_SUFFIXES), args, "web")
+    return _run(web_stage, _inputs(args.input, "web"), args, "web")
 
 
 def cmd_alignment(args: argparse.Namespace) -> int:
     """Text-to-image / editing datasets (ShareGPT-4o-Image JSON, instruction-pair JSONL) -> shards."""
     from duogen.components.curation.alignment import alignment_stage
 
-    return _run(alignment_stage, _inputs(args.input, (".json", ".jsonl")), args, "alignment")
+    return _run(alignment_stage, _inputs(args.input, "alignment"), args, "alignment")
 
 
 def cmd_video(args: argparse.Namespace) -> int:
@@ -75,7 +69,7 @@ def cmd_video(args: argparse.Namespace) -> int:
     from duogen.components.curation.video import video_stage
 
     args.settings = {"clip_seconds": args.clip_seconds, "min_clip_seconds": args.min_clip_seconds}
-    return _run(video_stage, _inputs(args.input, VIDEO_SUFFIXES), args, "video")
+    return _run(video_stage, _inputs(args.input, "video"), args, "video")
 
 
 def cmd_synthetic(args: argparse.Namespace) -> int:

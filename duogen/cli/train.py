@@ -9,7 +9,8 @@ import sys
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train one stage from a config file (+ key=value overrides); a rerun resumes from its checkpoint.
+    """Train one stage: its recipe (components/training/recipes/STAGE.toml), then a config file, then
+    key=value overrides; a rerun resumes from its checkpoint.
 
     `--nproc N` runs N processes on this machine (torchrun on 127.0.0.1, `--set tp=K` for tensor
     parallelism); a process that is already part of a job (WORLD_SIZE > 1: a PyTorchJob pod, or a torchrun
@@ -17,7 +18,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from duogen.components.training.config import load_config
     from duogen.components.training.run import summary, train
 
-    cfg = load_config(args.config, [f"stage={args.stage}", *(args.set or [])])
+    try:
+        cfg = load_config(args.config, args.set or [], stage=args.stage)
+    except ValueError as err:
+        raise SystemExit(f"duogen train: error: {err}") from err
     try:
         result, is_main = train(cfg, args.nproc, progress=not args.quiet)
     except ValueError as err:
@@ -33,7 +37,11 @@ def add_train(sub) -> None:
         "train", help="train Stage 1 (MLLM) or Stage 2 (connector + DiT)", description=cmd_train.__doc__
     )
     train.add_argument("stage", choices=["stage1", "stage2"], help="which stage")
-    train.add_argument("--config", default=None, help="config file (.json or .toml); fields of TrainConfig")
+    train.add_argument(
+        "--config",
+        default=None,
+        help="config file (.json or .toml, TrainConfig fields) over the stage's recipe",
+    )
     train.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)"
     )
