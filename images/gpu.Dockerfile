@@ -4,7 +4,9 @@
 # The NGC PyTorch image brings CUDA torch, Transformer Engine, Apex, NCCL and DALI built together; they stay
 # as NVIDIA built them: their pins are left out of constraints.txt and of the requirements
 # (images/base_requirements.py), everything else is pinned by constraints.txt. The base image's own
-# PIP_CONSTRAINT stays in force, so a pin of ours that contradicts NVIDIA's fails the build, naming it.
+# PIP_CONSTRAINT stays in force, so a pin of ours that contradicts NVIDIA's fails the build, naming it, and
+# images/check_gpu_stack.py fails it when torch, TE, Apex, DALI, megatron-core and DuoGen do not import
+# together (or torch is no longer NVIDIA's CUDA build).
 # Not built on the development machines (no Docker engine there): tests/test_images.py checks it against
 # what the chart and the manifests run.
 ARG BASE=nvcr.io/nvidia/pytorch:25.10-py3
@@ -17,7 +19,7 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /opt/duogen
 COPY pyproject.toml constraints.txt README.md ./
-COPY images/base_requirements.py ./images/
+COPY images/base_requirements.py images/check_gpu_stack.py ./images/
 COPY duogen ./duogen
 COPY model ./model
 COPY components ./components
@@ -27,7 +29,7 @@ RUN python images/base_requirements.py requirements --provided torch nvidia- tra
  && pip install -c /tmp/constraints.txt -r /tmp/requirements.txt \
  && pip install -c /tmp/constraints.txt --no-deps scenedetect \
  && pip install --no-deps . \
- && python -c "import torch, transformer_engine.pytorch, nvidia.dali, megatron.core, duogen.cli" \
+ && python images/check_gpu_stack.py \
  && rm /tmp/requirements.txt /tmp/constraints.txt \
  && useradd --uid 10001 --gid 0 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin duogen
 

@@ -31,13 +31,84 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-def compile_pipeline(pipeline: Callable, path: str | Path) -> Path:
+# Defaults a compiled pipeline starts with, per place it runs. `cluster`: the chart installed as release
+# `duogen` in the pipeline's namespace (its MinIO bucket and MLflow), training as PyTorchJobs, serving on
+# KServe.
+PROFILES: dict[str, dict[str, Any]] = {
+    "local": {},
+    "cluster": {
+        "root": "s3://duogen/pipeline",
+        "tracking_uri": "http://duogen-mlflow:5000",
+        "launcher": "pytorchjob",
+        "deploy_target": "kserve",
+    },
+}
+# The oldest Kubeflow Pipelines backend that runs the compiled pipeline: ParallelFor fan-in with
+# dsl.Collected needs 2.14.0 (kubeflow/pipelines#11725); kfp-kubernetes 2.15 writes `optional` on every
+# secret-as-env, which backends before 2.15.0 reject (#12216, #12495).
+MIN_BACKEND = (2, 15, 0)
+
+
+def compile_pipeline(
+    pipeline: Callable,
+    path: str | Path,
+    profile: str = "local",
+    defaults: dict[str, Any] | None = None,
+    image: str | None = None,
+    image_pull_secret: str | None = None,
+) -> Path:
+    """Write the pipeline's IR YAML with the profile's defaults (then `defaults`) for its parameters, every
+    step's container image set to `image` and pulled with `image_pull_secret` (kfp-kubernetes' own field)."""
+    import yaml
     from kfp import compiler
 
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(pipeline, str(path))
+    parameters = {**PROFILES[profile], **(defaults or {})}
+    compiler.Compiler().compile(pipeline, str(path), pipeline_parameters=parameters or None)
+    if image or image_pull_secret:
+        spec, *platform = yaml.safe_load_all(path.read_text())
+        executors = spec["deploymentSpec"]["executors"]
+        if image:
+            for executor in executors.values():
+                executor["container"]["image"] = image
+        if image_pull_secret:
+            if not platform:
+                platform = [{"platforms": {"kubernetes": {"deploymentSpec": {"executors": {}}}}}]
+            k8s = platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+            for name in executors:
+                k8s.setdefault(name, {})["imagePullSecret"] = [
+                    {"secretName": image_pull_secret,
+                     "secretNameParameter": {"runtimeValue": {"constant": image_pull_secret}}}
+                ]  # fmt: skip
+        path.write_text(yaml.safe_dump_all([spec, *platform], sort_keys=False))
     return path
+
+
+def check_backend(host: str, token: str | None = None) -> str | None:
+    """The KFP backend's version (`tag_name` of /apis/v2beta1/healthz, kubeflow/pipelines 2.15.0
+    backend/src/apiserver/main.go); a version older than MIN_BACKEND is an error that names it. None when
+    the API does not report one (a dev build: "unknown")."""
+    import re
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    reply = httpx.get(f"{host.rstrip('/')}/apis/v2beta1/healthz", headers=headers, timeout=30)
+    reply.raise_for_status()
+    tag = str(reply.json().get("tag_name", ""))
+    found = re.match(r"^v?(\d+)\.(\d+)\.(\d+)", tag)
+    if not found:
+        return None
+    if tuple(int(x) for x in found.groups()) < MIN_BACKEND:
+        need = ".".join(map(str, MIN_BACKEND))
+        raise RuntimeError(
+            f"the Kubeflow Pipelines backend at {host} is {tag}; this pipeline needs {need} or newer "
+            "(ParallelFor fan-in with dsl.Collected, optional secrets as environment)"
+        )
+    return tag
 
 
 def local_arguments(out: str | Path, size: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -110,13 +181,22 @@ def submit(
     experiment: str | None = None,
     namespace: str | None = None,
     token: str | None = None,
+    service_account: str | None = None,
 ) -> str:
-    """Start a run of a compiled pipeline on a KFP API (`kfp.Client`); returns the run id."""
+    """Start a run of a compiled pipeline on a KFP API (`kfp.Client`) whose backend is new enough
+    (`check_backend`), its pods under `service_account` (default: the backend's pipeline runner); returns
+    the run id."""
     import kfp
 
+    check_backend(host, token)
     client = kfp.Client(host=host, existing_token=token, namespace=namespace)
     run = client.create_run_from_pipeline_package(
-        str(package), arguments=arguments, run_name=run_name, experiment_name=experiment, namespace=namespace
+        str(package),
+        arguments=arguments,
+        run_name=run_name,
+        experiment_name=experiment,
+        namespace=namespace,
+        service_account=service_account,
     )
     return run.run_id
 
@@ -144,6 +224,7 @@ def upload(
     version KFP makes with a new pipeline) nothing is uploaded. Returns ids and whether it uploaded."""
     import kfp
 
+    check_backend(host, token)
     tag = version_tag(package)
     description = f"DuoGen pipeline {tag}"
     client = kfp.Client(host=host, existing_token=token, namespace=namespace or "kubeflow")

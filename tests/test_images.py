@@ -143,3 +143,22 @@ def test_the_build_context_holds_what_the_dockerfiles_copy():
                         f"{name}.Dockerfile copies {src}, which .dockerignore drops"
                     )
                     assert (ROOT / src).exists()
+
+
+def test_the_gpu_image_checks_its_stack_imports_together_with_what_a_cpu_allows():
+    """images/check_gpu_stack.py, run by the GPU Dockerfile: here (CPU) torch, DALI, megatron-core and DuoGen
+    import together; the full check names what a CPU machine lacks (TE, Apex, a CUDA torch) and fails."""
+    import json
+    import subprocess
+    import sys
+
+    script = ROOT / "images" / "check_gpu_stack.py"
+    assert "python images/check_gpu_stack.py" in (ROOT / "images" / "gpu.Dockerfile").read_text()
+    cpu = subprocess.run([sys.executable, str(script), "--cpu"], capture_output=True, text=True, timeout=300)
+    assert cpu.returncode == 0, cpu.stderr[-2000:]
+    found = json.loads(cpu.stdout.strip().splitlines()[-1])
+    assert {"torch", "nvidia-dali", "megatron-core", "duogen"} <= set(found["versions"])
+    full = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    problems = " ".join(json.loads(full.stdout.strip().splitlines()[-1])["problems"])
+    assert full.returncode == 1
+    assert "transformer_engine" in problems and "apex" in problems and "CPU build" in problems

@@ -26,6 +26,7 @@ class KfpApi(ThreadingHTTPServer):
         self.pipelines: dict[str, dict] = {}
         self.versions: dict[str, list[dict]] = {}
         self.uploads: list[tuple[str, bytes]] = []  # (path, file bytes)
+        self.tag = "2.15.0"  # the backend's release, as /apis/v2beta1/healthz reports it
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -45,8 +46,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         url = urlparse(self.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
-        if url.path == "/apis/v2beta1/healthz":
-            return self._send({"multi_user": False})
+        if url.path == "/apis/v2beta1/healthz":  # kubeflow/pipelines 2.15.0 backend/src/apiserver/main.go
+            return self._send(
+                {"commit_sha": "x", "tag_name": self.server.tag, "multi_user": False, "pipeline_store": "db"}
+            )
         if url.path == "/apis/v2beta1/pipelines":
             predicates = json.loads(query.get("filter", "{}")).get("predicates", [])
             found = [
@@ -147,3 +150,50 @@ def test_upload_ships_the_compiled_pipeline_once_and_a_changed_one_as_a_new_vers
     assert kfp_api.versions[pipeline["pipeline_id"]][-1]["display_name"] == new["version"]
     assert _upload(capsys, host, "--package", str(changed))["uploaded"] is False
     assert len(kfp_api.uploads) == 2
+
+
+def test_an_older_backend_than_the_pipeline_needs_is_refused_by_name(kfp_api, capsys):
+    host = f"http://127.0.0.1:{kfp_api.server_address[1]}"
+    kfp_api.tag = "2.5.0"
+    with pytest.raises(RuntimeError, match=r"at http://127.0.0.1:\d+ is 2.5.0; this pipeline needs 2.15.0"):
+        main(["pipeline", "upload", "--host", host])
+    assert kfp_api.uploads == []
+    kfp_api.tag = "unknown"  # a dev build reports no release: nothing to check against
+    assert _upload(capsys, host)["uploaded"]
+
+
+def test_compile_for_a_cluster_sets_the_defaults_the_image_and_the_pull_secret(tmp_path):
+    """`--profile cluster` defaults, every step's image, and the pull secret exactly as kfp-kubernetes'
+    own `set_image_pull_secrets` writes it (compared on a one-step pipeline compiled by kfp itself)."""
+    import yaml
+    from kfp import compiler, dsl, kubernetes
+
+    out = tmp_path / "cluster.yaml"
+    argv = ["pipeline", "compile", "-o", str(out), "--profile", "cluster", "--default", "pages=9"]
+    argv += ["--image", "registry.example/duogen:2", "--image-pull-secret", "regcred"]
+    assert main(argv) == 0
+    spec, platform = yaml.safe_load_all(out.read_text())
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    defaults = {k: v.get("defaultValue") for k, v in params.items()}
+    assert defaults["root"].startswith("s3://") and defaults["launcher"] == "pytorchjob"
+    assert defaults["deploy_target"] == "kserve" and defaults["tracking_uri"].startswith("http://")
+    assert defaults["pages"] == 9
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example/duogen:2"}
+
+    def step(x: int):
+        print(x)
+
+    step.__annotations__ = {"x": int}  # real types: this module's `from __future__` makes them strings
+    step = dsl.component(step)
+
+    @dsl.pipeline
+    def one():
+        kubernetes.set_image_pull_secrets(step(x=1), ["regcred"])
+
+    compiler.Compiler().compile(one, str(tmp_path / "one.yaml"))
+    _, theirs = yaml.safe_load_all((tmp_path / "one.yaml").read_text())
+    want = theirs["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-step"]["imagePullSecret"]
+    ours = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(ours) == set(spec["deploymentSpec"]["executors"])
+    assert all(e["imagePullSecret"] == want for e in ours.values())

@@ -21,12 +21,28 @@ def _set(items: list[str] | None) -> dict:
     return out
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
-    """Compile the pipeline to the YAML users upload in the Kubeflow Pipelines UI."""
+def _compile(args: argparse.Namespace, path) -> str:
+    """The pipeline compiled with the command's profile, parameter defaults, image and pull secret."""
     from duogen.components.pipeline.pipeline import duogen_pipeline
     from duogen.platform.kfp_runner import compile_pipeline
 
-    print(compile_pipeline(duogen_pipeline, args.output))
+    return str(
+        compile_pipeline(
+            duogen_pipeline,
+            path,
+            profile=args.profile,
+            defaults=_set(args.default),
+            image=args.image,
+            image_pull_secret=args.image_pull_secret,
+        )
+    )
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    """Compile the pipeline to the YAML users upload in the Kubeflow Pipelines UI. `--profile cluster`
+    gives its parameters defaults that run on a cluster with the chart installed (S3 root, the chart's
+    MLflow, PyTorchJob training, KServe deploy); `--default KEY=VALUE` sets any other default."""
+    print(_compile(args, args.output))
     return 0
 
 
@@ -74,11 +90,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Start a run on a Kubeflow Pipelines API (kfp.Client); prints the run id."""
-    from duogen.components.pipeline.pipeline import duogen_pipeline
-    from duogen.platform.kfp_runner import compile_pipeline, submit
+    from duogen.platform.kfp_runner import submit
 
-    package = args.package or compile_pipeline(duogen_pipeline, "duogen-pipeline.yaml")
-    run_id = submit(package, args.host, _set(args.set), args.run_name, args.experiment, args.namespace)
+    package = args.package or _compile(args, "duogen-pipeline.yaml")
+    run_id = submit(
+        package,
+        args.host,
+        _set(args.set),
+        args.run_name,
+        args.experiment,
+        args.namespace,
+        service_account=args.service_account,
+    )
     print(json.dumps({"run_id": run_id, "host": args.host}))
     return 0
 
@@ -89,11 +112,10 @@ def cmd_upload(args: argparse.Namespace) -> int:
     digest. The chart's post-install Job runs this; prints one JSON line."""
     import tempfile
 
-    from duogen.components.pipeline.pipeline import duogen_pipeline
-    from duogen.platform.kfp_runner import compile_pipeline, upload
+    from duogen.platform.kfp_runner import upload
 
     with tempfile.TemporaryDirectory() as tmp:
-        package = args.package or compile_pipeline(duogen_pipeline, f"{tmp}/duogen-pipeline.yaml")
+        package = args.package or _compile(args, f"{tmp}/duogen-pipeline.yaml")
         result = upload(package, args.host, args.name, args.namespace)
     print(json.dumps({**result, "host": args.host, "name": args.name}))
     return 0
@@ -122,6 +144,21 @@ def _run_arguments(r: argparse.ArgumentParser) -> None:
     r.set_defaults(func=cmd_run)
 
 
+def _compile_arguments(c: argparse.ArgumentParser) -> None:
+    c.add_argument(
+        "--profile",
+        choices=["local", "cluster"],
+        default="local",
+        help="parameter defaults for where it runs (default: local; cluster: the chart's S3, MLflow, "
+        "PyTorchJobs, KServe)",
+    )
+    c.add_argument(
+        "--default", action="append", metavar="KEY=VALUE", help="a parameter's default in the UI (repeatable)"
+    )
+    c.add_argument("--image", default=None, help="every step's container image (default: the package's)")
+    c.add_argument("--image-pull-secret", default=None, help="a Secret the steps' images are pulled with")
+
+
 def add_pipeline(sub) -> None:
     p = sub.add_parser(
         "pipeline", help="the Kubeflow pipeline: compile, run locally, submit, upload", description=__doc__
@@ -131,6 +168,7 @@ def add_pipeline(sub) -> None:
         "compile", help="write the pipeline YAML for the KFP UI", description=cmd_compile.__doc__
     )
     c.add_argument("-o", "--output", default="duogen-pipeline.yaml", help="(default: duogen-pipeline.yaml)")
+    _compile_arguments(c)
     c.set_defaults(func=cmd_compile)
     r = kinds.add_parser("run", help="run the whole pipeline", description=cmd_run.__doc__)
     r.add_argument("--local", action="store_true", help="on this machine (KFP's subprocess runner)")
@@ -147,6 +185,10 @@ def add_pipeline(sub) -> None:
     s.add_argument("--experiment", default="duogen", help="KFP experiment (default: duogen)")
     s.add_argument("--namespace", default=None, help="the user's profile namespace (multi-user Kubeflow)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="a pipeline parameter (repeatable)")
+    s.add_argument(
+        "--service-account", default=None, help="the run's pods' service account (default: the backend's)"
+    )
+    _compile_arguments(s)
     s.set_defaults(func=cmd_submit)
     u = kinds.add_parser(
         "upload", help="upload it to a KFP API as a new pipeline version", description=cmd_upload.__doc__
@@ -157,4 +199,5 @@ def add_pipeline(sub) -> None:
     u.add_argument(
         "--namespace", default=None, help="a profile namespace (multi-user Kubeflow; default: shared)"
     )
+    _compile_arguments(u)
     u.set_defaults(func=cmd_upload)
