@@ -26,7 +26,8 @@ RECORD = "_step.json"
 
 def run_identity(run_name: str, kfp_run_id: str) -> str:
     """The run's name under the storage root: `run_name` when given, else the KFP run's id (a UI run with
-    the defaults), so every run has its own folders, step records and job names."""
+    the defaults), so every run has its own folders, step records and job names. Every step resolves it
+    the same way (a step of its own would cost a pod per run)."""
     name = (run_name or "").strip() or (kfp_run_id or "").strip()
     if not name or "{{" in name:
         raise ValueError("a pipeline run needs a run_name or a KFP run id (got neither)")

@@ -42,7 +42,7 @@ def test_the_compiled_pipeline_loads_back_with_every_parameter(tmp_path):
     import importlib
 
     # one file per component: comp-NAME is components/pipeline/NAME_component.py
-    names = ["run-identity", "toyworld", "plan-curation", "curate", "dataset-manifest", "train", "evaluate"]
+    names = ["toyworld", "plan-curation", "curate", "dataset-manifest", "train", "evaluate"]
     names += ["register", "promote", "deploy"]
     functions = {}
     for name in names:
@@ -60,10 +60,9 @@ def test_the_compiled_pipeline_loads_back_with_every_parameter(tmp_path):
     )
     assert tasks["train-2"]["inputs"]["parameters"]["model"]["taskOutputParameter"]["producerTask"] == "train"
     assert load_component_from_file(str(tmp_path / "p.yaml")).name == "duogen"
-    # on a cluster every step that touches storage gets the S3 Secret as environment (all but the run's
-    # identity, which only names the run), and the steps that resume retry
+    # on a cluster every step's pod gets the S3 Secret as environment, and the steps that resume retry
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert set(executors) == set(spec["deploymentSpec"]["executors"]) - {"exec-run-identity"}
+    assert set(executors) == set(spec["deploymentSpec"]["executors"])
     assert all(
         e["secretAsEnv"][0]["keyToEnv"][0]
         == {"secretKey": "AWS_ACCESS_KEY_ID", "envVar": "AWS_ACCESS_KEY_ID"}
@@ -253,3 +252,14 @@ def test_the_pipelines_training_defaults_are_the_stages_recipes():
     assert (params["stage2_steps"].default, params["stage2_lr"].default) == (stage2.steps, stage2.lr)
     assert params["stage2_dit_lr_ratio"].default == stage2.dit_lr_ratio
     assert params["batch_size"].default == stage1.batch_size == stage2.batch_size
+
+
+def test_a_run_is_named_by_its_run_name_or_else_by_its_kfp_run():
+    """Two UI runs with the defaults (run_name empty) get their own folders, records and jobs."""
+    from duogen.platform.steps import run_identity
+
+    assert run_identity("toy", "6f1c") == "toy"
+    assert run_identity("", "6f1c-22") == run_identity("  ", "6f1c-22") == "6f1c-22"
+    assert run_identity("", "a") != run_identity("", "b")
+    with pytest.raises(ValueError, match="needs a run_name or a KFP run id"):
+        run_identity("", "{{$.pipeline_job_uuid}}")  # an unresolved placeholder names nothing

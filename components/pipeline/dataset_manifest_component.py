@@ -12,8 +12,10 @@ def dataset_manifest(
     from collections import Counter
 
     from duogen.platform import storage
-    from duogen.platform.steps import once, step_uri
+    from duogen.platform.steps import once, run_identity, step_uri
     from duogen.platform.tracking import log_step
+
+    run_name = run_identity(run_name, kfp_run_id)  # empty: this KFP run's own id
 
     sources: dict = {}
     counters: dict = {}

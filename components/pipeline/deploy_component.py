@@ -24,8 +24,10 @@ def deploy(
 
     from duogen.components.serving.local_deploy import ask, serve_and_ask
     from duogen.platform import storage
-    from duogen.platform.steps import once, scratch, step_uri
+    from duogen.platform.steps import once, run_identity, scratch, step_uri
     from duogen.platform.tracking import log_step
+
+    run_name = run_identity(run_name, kfp_run_id)  # empty: this KFP run's own id
 
     if target not in ("local", "kserve"):
         raise ValueError(f"target must be 'local' or 'kserve', got {target!r}")

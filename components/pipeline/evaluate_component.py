@@ -22,7 +22,9 @@ def evaluate(
     from duogen.components.evaluation.report import log_to_mlflow, write_report
     from duogen.components.evaluation.toyworld_eval import ToyEvalConfig, evaluate_free_running
     from duogen.model.pair import DuoGenPair
-    from duogen.platform.steps import input_dir, once, step_uri
+    from duogen.platform.steps import input_dir, once, run_identity, step_uri
+
+    run_name = run_identity(run_name, kfp_run_id)  # empty: this KFP run's own id
 
     def work(out):
         model = DuoGenPair.from_pretrained(input_dir(pair))

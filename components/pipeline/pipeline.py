@@ -17,7 +17,6 @@ from .evaluate_component import evaluate
 from .plan_curation_component import plan_curation
 from .promote_component import promote
 from .register_component import register
-from .run_identity_component import run_identity
 from .toyworld_component import toyworld
 from .train_component import train
 
@@ -82,9 +81,6 @@ def duogen_pipeline(
     tracking = dict(
         tracking_uri=tracking_uri, experiment=experiment, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
     )
-    identity = run_identity(run_name=run_name, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-    identity.set_display_name("run identity")
-    run_name = identity.output  # every step below works under ROOT/<this run>
     world = toyworld(root=root, run_name=run_name, pages=pages, videos=videos, seed=seed, **tracking)
     _on_cluster(world, s3_secret).set_display_name("toy world")
 
@@ -96,6 +92,7 @@ def duogen_pipeline(
         synthetic_per_seed=synthetic_per_seed,
         alignment=alignment_data,
         seed=seed,
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     )
     _on_cluster(planned, s3_secret)
     with dsl.ParallelFor(planned.output, name="curation-parts") as item:

@@ -17,8 +17,10 @@ def promote(
 ) -> bool:
     """Move `alias` to the version only if every gate (metric >= threshold) passes; True when it did."""
     from duogen.platform.registry import promote as promote_version
-    from duogen.platform.steps import once
+    from duogen.platform.steps import once, run_identity
     from duogen.platform.tracking import log_step
+
+    run_name = run_identity(run_name, kfp_run_id)  # empty: this KFP run's own id
 
     def work(out):
         thresholds = {k: float(v) for k, v in gates.items()}

@@ -25,7 +25,9 @@ def register(
     from collections import namedtuple
 
     from duogen.platform.registry import register_pair
-    from duogen.platform.steps import input_dir, once
+    from duogen.platform.steps import input_dir, once, run_identity
+
+    run_name = run_identity(run_name, kfp_run_id)  # empty: this KFP run's own id
 
     lineage = {"dataset_manifest": manifest, "stage1_run": stage1_run, "stage2_run": stage2_run}
     lineage |= {"eval_report": report, "kfp_run_id": kfp_run_id, "pair": pair}

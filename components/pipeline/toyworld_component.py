@@ -17,8 +17,10 @@ def toyworld(
     """The embedded toy world: noisy how-to pages and videos with their ground truth. Returns its URI."""
     from duogen.components.toyworld.pages import make_site
     from duogen.components.toyworld.videos import make_videos
-    from duogen.platform.steps import once, step_uri
+    from duogen.platform.steps import once, run_identity, step_uri
     from duogen.platform.tracking import log_step
+
+    run_name = run_identity(run_name, kfp_run_id)  # empty: this KFP run's own id
 
     def work(out):
         make_site(out, pages, seed=seed, corrupt_pages=max(1, pages // 20))

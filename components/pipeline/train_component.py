@@ -39,7 +39,9 @@ def train(
     from duogen.components.training.config import load_config
     from duogen.components.training.stage_job import manifest_shards, train_stage
     from duogen.platform import storage
-    from duogen.platform.steps import once, step_uri
+    from duogen.platform.steps import once, run_identity, step_uri
+
+    run_name = run_identity(run_name, kfp_run_id)  # empty: this KFP run's own id
 
     uri = step_uri(root, run_name, stage)
     if launcher not in ("local", "pytorchjob"):
