@@ -106,3 +106,23 @@ def test_stage1_examples_are_the_encoded_dialogue_and_held_out_edits_are_one_ste
         assert torch.equal(edit.after, after) and not torch.equal(edit.before, edit.after)
     with pytest.raises(ValueError, match="stage must be"):
         DialogueData(pair, "stage3")
+
+
+def test_a_pretraining_run_on_the_stream_resumes_on_the_uninterrupted_curve(tmp_path):
+    """The stream is a pure function of the position, so a run stopped after step 2 and started again
+    continues the very loss curve of one that never stopped (tiny preset, Stage 2's loss)."""
+    from duogen.components.training.config import TrainConfig
+    from duogen.components.training.loop import Trainer
+
+    def run(out, **kw):
+        cfg = TrainConfig(stage="stage2", model="tiny", out=str(out), steps=4, batch_size=2, warmup_steps=1,
+                          ckpt_every=100, log_every=100, **kw)  # fmt: skip
+        trainer = Trainer(cfg, progress=False, examples=lambda pair: DialogueData(pair, "stage2"))
+        return trainer.train().losses
+
+    whole = run(tmp_path / "whole")
+    first = run(tmp_path / "stopped", stop_at=2)
+    rest = run(tmp_path / "stopped")
+    assert sorted(first) == [0, 1] and sorted(rest) == [2, 3]
+    for step, loss in {**first, **rest}.items():
+        assert abs(loss - whole[step]) < 1e-6, (step, loss, whole[step])
