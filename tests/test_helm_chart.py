@@ -297,10 +297,10 @@ def test_rbac_grants_the_pipeline_runner_what_its_steps_call_and_nothing_more():
     # the PyTorchJob launcher's calls, as recorded against the stand-in API (tests/test_pytorchjob.py):
     # exactly these verbs, no more (delete only ever removes this run's failed job)
     assert {v for g, r, v in granted if r == "pytorchjobs"} == {"create", "get", "delete"}
-    needed = (
-        {("serving.kserve.io", "inferenceservices", v) for v in ("create", "get", "patch")}
-        | {("", "pods/log", "get"), ("", "pods", "list")}
-    )  # platform/pytorchjob.py and inferenceservice.py
+    needed = {("serving.kserve.io", "inferenceservices", v) for v in ("create", "get", "patch")} | {
+        ("", "pods/log", "get"),
+        ("", "pods", "list"),
+    }  # platform/pytorchjob.py and inferenceservice.py
     assert needed <= granted
     (binding,) = by_kind(objects, "RoleBinding").values()
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "default-editor", "namespace": NS}]

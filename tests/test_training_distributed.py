@@ -20,6 +20,7 @@ from duogen.components.curation.executor import plan, run_stage
 from duogen.components.curation.synthetic import plan_instructions, synthetic_stage
 from duogen.components.training.config import TrainConfig
 from duogen.components.training.loop import Trainer
+from duogen.model.pretrained import pretrained_dir
 from duogen.platform import storage
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -78,9 +79,15 @@ def test_tp2_under_torchrun_matches_one_process(shards, single, tmp_path, stage)
     summary, _ = train(stage, tmp_path / "tp2", shards, "tp=2", nproc=2)
     assert summary["status"] == "finished" and summary["step"] == STEPS
     assert_same_losses(summary["losses"], single[stage]["losses"])
-    assert single[stage]["losses"][-1] < single[stage]["losses"][0]  # the steps do train
     part = "dit" if stage == "stage2" else "mllm"  # rank 0 exported the gathered dense weights
     got, want = exported(summary["model"], part), exported(single[stage]["model"], part)
+    # the steps do train: the weights left the shipped parts they started from (a loss curve of 4 steps
+    # from pretrained parts is noise, so the weights say it; Stage 2 moves the connector, crossattn_proj)
+    start = {}
+    for f in sorted(pretrained_dir(part, "toy").glob("*.safetensors")):
+        start.update(load_file(f))
+    assert start.keys() == want.keys()
+    assert any(not torch.equal(want[k], start[k]) for k in start)
     assert got.keys() == want.keys()
     assert all(got[k].shape == want[k].shape for k in want)
     for k in want:  # summation order differs under TP; compounded over the steps: relative to the weight

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -19,12 +20,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     }
     if args.kind_weights:
         fields["kind_weights"] = json.loads(args.kind_weights)
+    argv = sys.argv[1:]
+    if in_a_job():  # relaunched below: the world is the processes torchrun started
+        fields["nproc"] = int(os.environ["WORLD_SIZE"])
+        argv = [*argv, "--nproc", str(fields["nproc"])]
     cfg = PretrainConfig.recipe(args.what, **fields)
-    command = " ".join(["duogen", *sys.argv[1:]])
+    command = " ".join(["duogen", *argv])
     if cfg.nproc > 1 and not in_a_job():  # every process runs this same command under torchrun
         from duogen.platform.launch import torchrun
 
-        proc = torchrun(["-m", "duogen.cli", *sys.argv[1:]], cfg.nproc, capture=False)
+        proc = torchrun(["-m", "duogen.cli", *_without_nproc(argv)], cfg.nproc, capture=False)
         return proc.returncode
 
     from duogen.components.evaluation.pretraining import DiTJudge, judge_mllm
@@ -39,6 +44,20 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         return 0
     print(json.dumps(result))
     return 0 if result["status"] == "finished" else 3
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """torchrun reads every `--nproc...` in its command line as its own ambiguous option (argparse matches
+    abbreviations past the script's name), so the relaunched command leaves it out."""
+    out, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--nproc="):
+            skip = False
+            continue
+        skip = arg == "--nproc"
+        if not skip:
+            out.append(arg)
+    return out
 
 
 def add_pretrain(sub) -> None:
