@@ -54,7 +54,9 @@ def test_dit_pretraining_writes_its_card_and_curve_resumes_and_keeps_its_text_en
     assert (dit_dir / "diffusion_pytorch_model.safetensors").stat().st_size < 20e6
 
     again = _run("dit", tmp_path, 6, "--eval-every", "2", "--eval-count", "3", "--nproc", "1")
-    assert list(again["curve"]) == ["6"] and json.loads((dit_dir / "CARD.json").read_text())["steps"] == 6
+    assert json.loads((dit_dir / "CARD.json").read_text())["steps"] == 6
+    assert list(again["curve"]) == ["2", "4", "6"]  # the curve of the whole run, over both sessions
+    assert again["curve"]["4"] == first["curve"]["4"]
     sessions = (tmp_path / "sessions.jsonl").read_text().splitlines()
     assert [json.loads(s)["steps"] for s in sessions] == [[0, 4], [4, 6]]  # resumed at step 4
     # the text encoder is the preset's shipped MLLM, and it stays what it was

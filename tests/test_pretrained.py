@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from duogen.components.training.pretrain_config import PretrainConfig
 from duogen.model.dit import DuoGenDiT
 from duogen.model.errors import DuoGenInputError
 from duogen.model.mllm import DuoGenMLLM
@@ -73,3 +74,10 @@ def test_each_shipped_part_is_small_in_its_layout_with_its_card(part):
     assert card["command"].startswith(f"duogen pretrain {part}")
     assert card["steps"] == max(int(s) for s in card["curve"]) and card["config"]["seed"] == 0
     assert card["minutes"] > 0 and card["dialogues_seen"] > 0 and card["final"]
+    # `duogen pretrain PART` at its defaults is the recipe that made the shipped part: the card's settings
+    # differ from the recipe only in where it wrote, what it started from and how much it judged
+    where = {"out", "init", "eval_count", "tracking_uri"}
+    recipe = PretrainConfig.recipe(part).to_dict()
+    assert {k: v for k, v in card["config"].items() if k not in where} == {
+        k: v for k, v in recipe.items() if k not in where
+    }

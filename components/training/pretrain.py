@@ -88,13 +88,19 @@ def train_config(cfg: PretrainConfig) -> TrainConfig:
     )
 
 
-def log_session(out: Path, result, seconds: float) -> float:
-    """Append this session (its steps and minutes) to OUT/sessions.jsonl; the minutes of all sessions."""
+def log_session(out: Path, result, seconds: float) -> tuple[float, dict[str, Any]]:
+    """Append this session (its steps, minutes and evaluations) to OUT/sessions.jsonl; the minutes of all
+    sessions and their learning curve (a run resumed over several sessions keeps every evaluation)."""
     first = min(result.losses) if result.losses else result.step
     line = {"steps": [first, result.step], "status": result.status, "minutes": round(seconds / 60, 2)}
+    line["evaluations"] = {str(step): metrics for step, metrics in sorted(result.evaluations.items())}
     with (out / "sessions.jsonl").open("a") as f:
         f.write(json.dumps(line) + "\n")
-    return sum(json.loads(x)["minutes"] for x in (out / "sessions.jsonl").read_text().splitlines())
+    sessions = [json.loads(x) for x in (out / "sessions.jsonl").read_text().splitlines()]
+    curve = {}
+    for session in sessions:  # a later session's evaluation of a step replaces an earlier one's
+        curve.update(session.get("evaluations", {}))
+    return sum(s["minutes"] for s in sessions), dict(sorted(curve.items(), key=lambda kv: int(kv[0])))
 
 
 def pretrain(
@@ -123,7 +129,7 @@ def pretrain(
         trainer.close()
     if not trainer.is_main:
         return None
-    minutes = log_session(Path(cfg.out), result, time.perf_counter() - started)
+    minutes, curve = log_session(Path(cfg.out), result, time.perf_counter() - started)
     if result.status != "finished":
         return {"status": result.status, "step": result.step}
     part_dir = Path(cfg.out) / cfg.part
@@ -148,7 +154,7 @@ def pretrain(
         "steps": result.step,
         "minutes": round(minutes, 1),  # every session of the run (a resumed run spans several)
         "final": final,
-        "curve": {str(step): metrics for step, metrics in sorted(result.evaluations.items())},
+        "curve": curve,
     }
     (part_dir / "CARD.json").write_text(json.dumps(card, indent=2))
     keep = ("steps", "minutes", "final", "curve")
