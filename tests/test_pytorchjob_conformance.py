@@ -28,8 +28,6 @@ from pathlib import Path
 
 import pytest
 
-from duogen.components.curation.executor import plan, run_stage
-from duogen.components.curation.synthetic import plan_instructions, synthetic_stage
 from duogen.components.training.config import TrainConfig
 from duogen.platform.pytorchjob import ClusterSettings, as_dict, build_job
 
@@ -39,14 +37,6 @@ from test_manifests import kustomize  # noqa: E402
 
 DUOGEN = str(Path(sys.executable).parent / "duogen")
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards")
-    inputs = [i for i in plan_instructions(per_seed=1, seed=0) if i["domain"] == "shapes on a canvas"][:6]
-    run_stage(synthetic_stage, plan(inputs, 3), out, progress=False)
-    return str(out)
 
 
 def config(out: Path, shards: str, steps: int, **kw) -> TrainConfig:

@@ -16,8 +16,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from duogen.components.curation.executor import plan, run_stage
-from duogen.components.curation.synthetic import plan_instructions, synthetic_stage
 from duogen.components.training.config import TrainConfig
 from duogen.components.training.loop import Trainer
 from duogen.model.pretrained import pretrained_dir
@@ -29,14 +27,6 @@ from s3_server import s3_server  # noqa: E402
 DUOGEN = str(Path(sys.executable).parent / "duogen")
 STEPS = 4
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards")
-    inputs = [i for i in plan_instructions(per_seed=1, seed=0) if i["domain"] == "shapes on a canvas"][:6]
-    run_stage(synthetic_stage, plan(inputs, 3), out, progress=False)
-    return str(out)
 
 
 def train(stage: str, out: Path, shards: str, *sets: str, nproc: int = 1, env=None, expect_ok=True):

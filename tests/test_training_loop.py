@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from duogen.components.curation.executor import plan, run_stage
-from duogen.components.curation.synthetic import plan_instructions, synthetic_stage
 from duogen.components.training.config import TrainConfig, load_config
 from duogen.components.training.data import example_tokens, pack_by_token_budget
 from duogen.components.training.loop import Trainer, ema_decay
@@ -21,14 +19,6 @@ from duogen.model.flow import TrainingExample
 from duogen.model.pair import DuoGenPair
 
 DUOGEN = str(Path(sys.executable).parent / "duogen")
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards")
-    inputs = [i for i in plan_instructions(per_seed=1, seed=0) if i["domain"] == "shapes on a canvas"][:6]
-    run_stage(synthetic_stage, plan(inputs, 3), out, progress=False)
-    return str(out)
 
 
 def _cfg(shards, out, **kw):

@@ -1,6 +1,6 @@
 """How much of a local pipeline run is orchestration? One JSON line.
 
-Runs `duogen pipeline run --local` once into a fresh folder (the main job's default size, about 14
+Runs `duogen pipeline run --local` once into a fresh folder (the main job's default size, about 5
 minutes; `--size small` does little work in each step, the worst case for overhead) and reads each step's
 record: `step_seconds` (time inside each stage's own work), `total_seconds` (wall time of the whole run),
 `orchestration_overhead` (time outside the stage functions / total: KFP's local runner, one Python process
