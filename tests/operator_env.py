@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from duogen.platform.launch import free_port
 
 DEFAULT_PORT = 23456  # PyTorchJobDefaultPort
 
@@ -85,12 +86,6 @@ def operator_env(job: dict, rtype: str, index: int) -> dict[str, str]:
     else:
         env["PET_NNODES"] = str(total)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from duogen.platform.launch import free_port
 
 
 @dataclass
@@ -34,12 +35,6 @@ class Server:
             return httpx.get(f"{self.url}/v2/health/ready", timeout=5).json().get("ready") is True
         except httpx.HTTPError:
             return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -19,7 +19,8 @@ from duogen.components.evaluation.preference import VoteStore, bradley_terry, el
 
 sys.path.insert(0, str(Path(__file__).parent))
 from browser import launch  # noqa: E402
-from serving_server import free_port  # noqa: E402
+
+from duogen.platform.launch import free_port  # noqa: E402
 
 DUOGEN = str(Path(sys.executable).parent / "duogen")
 
