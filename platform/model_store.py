@@ -3,7 +3,11 @@
 KServe's storage initializer copies `storageUri` to `/mnt/models` before the predictor starts, but it cannot
 resolve an MLflow alias (`models:/duogen@champion`), so the predictor resolves those itself: MLflow
 resolves the alias (or version) to the version's artifact location and downloads it. `runs:/<id>/model`
-works the same way. Object-store prefixes are copied once into a local cache folder.
+works the same way. Object-store prefixes are copied once into a local cache folder, keyed by the resolved
+location, so an alias that moves downloads the new version beside the old one.
+
+A registered version is an MLflow pyfunc model (`MLmodel` at its root) that carries the pair's folder as its
+artifact `pair` (under `artifacts/`); a plain pair folder (older versions, `duogen train` exports) works too.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from . import storage
 
 KSERVE_MODEL_DIR = "/mnt/models"
 MLFLOW_SCHEMES = ("models:/", "runs:/")
+MLFLOW_ARTIFACTS = "mlflow-artifacts:"
 
 
 def default_cache() -> Path:
@@ -29,13 +34,62 @@ def local_pair_dir(uri: str | os.PathLike, cache: str | os.PathLike | None = Non
     text = str(uri)
     cache = Path(cache) if cache is not None else default_cache()
     if text.startswith(MLFLOW_SCHEMES):
-        return _from_mlflow(text, cache)
+        return pair_folder(_from_mlflow(text, cache))
     if storage.is_url(text):
-        return _from_object_store(text, cache)
+        return pair_folder(_from_object_store(text, cache))
     path = Path(text.removeprefix("file://"))
     if not path.is_dir():
         raise DuoGenInputError(f"model folder {path} does not exist")
-    return path
+    return pair_folder(path)
+
+
+def pair_folder(path: Path) -> Path:
+    """The pair inside an MLflow pyfunc model folder (the `pair` artifact its MLmodel names), or `path`."""
+    if not (path / "MLmodel").exists():
+        return path
+    import yaml
+
+    flavor = (yaml.safe_load((path / "MLmodel").read_text()).get("flavors") or {}).get(
+        "python_function"
+    ) or {}
+    inner = ((flavor.get("artifacts") or {}).get("pair") or {}).get("path")
+    if not inner or not (path / inner).is_dir():
+        raise DuoGenInputError(f"{path} is an MLflow model without a DuoGen pair (no `pair` artifact)")
+    return path / inner
+
+
+def alias_version(uri: str) -> str | None:
+    """The version number `models:/NAME@ALIAS` points at now (None for any other URI)."""
+    if not uri.startswith("models:/") or "@" not in uri:
+        return None
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    name, _, alias = uri.removeprefix("models:/").partition("@")
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException as err:
+        raise DuoGenInputError(f"cannot resolve {uri}: {err.message}") from None
+
+
+def storage_uri(source: str, artifacts_destination: str | None = None) -> str:
+    """A location KServe's storage initializer can fetch for an MLflow artifact location.
+
+    An MLflow server run with `--serve-artifacts` hands out `mlflow-artifacts:/<path>` (or
+    `mlflow-artifacts://host:port/<path>`), which only an MLflow client can read; the server stores it at
+    `<--artifacts-destination>/<path>`, so that is the URI to hand KServe. Others pass through."""
+    if not source.startswith(MLFLOW_ARTIFACTS):
+        return source
+    if not artifacts_destination:
+        raise DuoGenInputError(
+            f"{source} is served by the MLflow server's artifact proxy; KServe's storage initializer cannot "
+            "read it: give the server's --artifacts-destination (e.g. s3://duogen/mlflow)"
+        )
+    rest = source.removeprefix(MLFLOW_ARTIFACTS)
+    if rest.startswith("//"):  # mlflow-artifacts://host:port/path
+        rest = rest[2:].partition("/")[2]
+    return artifacts_destination.rstrip("/") + "/" + rest.lstrip("/")
 
 
 def resolve_mlflow_uri(uri: str) -> str:
@@ -62,9 +116,9 @@ def _from_mlflow(uri: str, cache: Path) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    target = cache / hashlib.sha256(uri.encode()).hexdigest()[:16]
     try:
         source = resolve_mlflow_uri(uri) if uri.startswith("models:/") else uri
+        target = cache / hashlib.sha256(source.encode()).hexdigest()[:16]  # a moved alias: a new folder
         target.mkdir(parents=True, exist_ok=True)
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(target)))
     except MlflowException as err:

@@ -1,8 +1,10 @@
 """The MLflow model registry: register an exported pair with its eval metrics and lineage, promote a version
 to an alias only when its gates pass, and resolve an alias to the storage URI KServe loads.
 
-A version's metrics are tags `metric.<name>` (the promotion gate reads them) and its lineage tags
-`lineage.<name>` (data manifests, stage run ids, the pipeline run). Registration is idempotent per
+A version is an MLflow pyfunc model (`pyfunc_model.PairModel`: signature, input example, the pair's folder
+as its artifact), so `mlflow.pyfunc.load_model("models:/NAME@ALIAS")` answers requests. Its eval metrics are
+its run's metrics (the promotion gate reads them) and its lineage tags `lineage.<name>` (data manifests,
+stage run ids, the pipeline run). Registration is idempotent per
 `duogen.pipeline_run`: a retried or rerun pipeline finds the version it registered before. Every promotion
 decision, passed or not, is kept: on the version (`promotion.<alias>`) and appended to the registered
 model's `alias.<alias>.history` (JSON), so the alias's past is readable in the MLflow UI.
@@ -18,7 +20,8 @@ from pathlib import Path
 
 from duogen.model.errors import DuoGenInputError
 
-from .model_store import resolve_mlflow_uri
+from . import model_store
+from .model_store import resolve_mlflow_uri, storage_uri
 
 RUN_TAG = "duogen.pipeline_run"
 
@@ -51,7 +54,8 @@ def register_pair(
     experiment: str = "duogen-pipeline",
     artifact_location: str | None = None,
 ) -> Registered:
-    """Log the pair's folder as the run's `model` artifacts and register them as a new version of `name`."""
+    """Log the pair as the run's pyfunc model (its metrics: the run's) and register it as a new version of
+    `name`; `source` is where the version's files are (its download URI)."""
     mlflow, client = _client(tracking_uri)
     from mlflow.exceptions import MlflowException
 
@@ -62,7 +66,8 @@ def register_pair(
     found = client.search_model_versions(f"name = '{name}' and tags.`{RUN_TAG}` = '{pipeline_run}'")
     if found:
         v = found[0]
-        return Registered(name, str(v.version), v.source, v.run_id, False)
+        source = client.get_model_version_download_uri(name, str(v.version))
+        return Registered(name, str(v.version), source, v.run_id, False)
     if mlflow.get_experiment_by_name(experiment) is None:
         mlflow.create_experiment(experiment, artifact_location=artifact_location)
     mlflow.set_experiment(experiment)
@@ -70,12 +75,29 @@ def register_pair(
     with mlflow.start_run(run_name="register", tags=run_tags) as run:
         mlflow.log_metrics(metrics)
         mlflow.log_params({k: str(v)[:500] for k, v in lineage.items()})
-        mlflow.log_artifacts(str(pair_dir), artifact_path="model")
-        source = f"{run.info.artifact_uri}/model"
-    tags = {RUN_TAG: pipeline_run, **{f"metric.{k}": str(v) for k, v in metrics.items()}}
-    tags |= {f"lineage.{k}": str(v)[:5000] for k, v in lineage.items()}
-    v = client.create_model_version(name, source, run_id=run.info.run_id, tags=tags)
+        logged = _log_pyfunc(mlflow, Path(pair_dir))
+    tags = {RUN_TAG: pipeline_run, **{f"lineage.{k}": str(v)[:5000] for k, v in lineage.items()}}
+    v = mlflow.register_model(logged.model_uri, name, tags=tags)
+    source = client.get_model_version_download_uri(name, str(v.version))
     return Registered(name, str(v.version), source, run.info.run_id, True)
+
+
+def _log_pyfunc(mlflow, pair_dir: Path):
+    """The pair as the active run's pyfunc model (it requires this DuoGen, installed where it loads)."""
+    from importlib.metadata import version
+
+    import pandas as pd
+
+    from . import pyfunc_model
+
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=pyfunc_model.PairModel(),
+        artifacts={"pair": str(pair_dir)},
+        signature=pyfunc_model.signature(),
+        input_example=(pd.DataFrame(pyfunc_model.INPUT_EXAMPLE), pyfunc_model.PARAMS),
+        pip_requirements=[f"duogen=={version('duogen')}"],
+    )
 
 
 @dataclass
@@ -103,15 +125,11 @@ def check_gates(metrics: dict[str, float], gates: dict[str, float]) -> list[str]
     return reasons
 
 
-def version_metrics(tags: dict[str, str]) -> dict[str, float]:
-    out = {}
-    for key, value in tags.items():
-        if key.startswith("metric."):
-            try:
-                out[key.removeprefix("metric.")] = float(value)
-            except ValueError:
-                continue
-    return out
+def version_metrics(client, version) -> dict[str, float]:
+    """The metrics of the run that registered the version (empty when it has no run)."""
+    if not version.run_id:
+        return {}
+    return dict(client.get_run(version.run_id).data.metrics)
 
 
 def promote(
@@ -128,7 +146,7 @@ def promote(
         raise DuoGenInputError(f"no model version {name}/{version}: {err.message}") from None
     previous = model.aliases.get(alias)
     previous = None if previous is None else str(previous)  # MLflow 3 gives version numbers as ints
-    reasons = check_gates(version_metrics(v.tags), gates)
+    reasons = check_gates(version_metrics(client, v), gates)
     decision = Decision(name, str(version), alias, not reasons, reasons, previous)
     if decision.promoted and previous != str(version):
         client.set_registered_model_alias(name, alias, str(version))
@@ -143,9 +161,21 @@ def promote(
     return decision
 
 
-def resolve(uri: str, tracking_uri: str | None = None) -> str:
-    """`models:/NAME@ALIAS` or `models:/NAME/N` -> the storage URI of that version's files."""
+def alias_version(uri: str, tracking_uri: str | None = None) -> str:
+    """The version number `models:/NAME@ALIAS` points at now."""
+    _client(tracking_uri)
+    version = model_store.alias_version(uri)
+    if version is None:
+        raise DuoGenInputError(f"{uri!r} is not an alias URI (models:/NAME@ALIAS)")
+    return version
+
+
+def resolve(uri: str, tracking_uri: str | None = None, artifacts_destination: str | None = None) -> str:
+    """`models:/NAME@ALIAS` or `models:/NAME/N` -> a storage URI of that version's files that KServe's
+    storage initializer can fetch (`mlflow-artifacts:/...` translated under the server's
+    `artifacts_destination`; default: $MLFLOW_ARTIFACTS_DESTINATION)."""
     if not uri.startswith("models:/"):
         raise DuoGenInputError(f"{uri!r} is not a registry URI (models:/NAME@ALIAS or models:/NAME/VERSION)")
     _client(tracking_uri)
-    return resolve_mlflow_uri(uri)
+    destination = artifacts_destination or os.environ.get("MLFLOW_ARTIFACTS_DESTINATION")
+    return storage_uri(resolve_mlflow_uri(uri), destination)

@@ -30,6 +30,12 @@ class Server:
     def openai(self) -> str:
         return f"{self.url}/openai/v1"
 
+    def alive(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/v2/health/live", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def healthy(self) -> bool:
         try:
             return httpx.get(f"{self.url}/v2/health/ready", timeout=5).json().get("ready") is True
@@ -39,8 +45,9 @@ class Server:
 
 @contextmanager
 def predictor_server(
-    command: list[str], log: Path, env: dict | None = None, timeout: float = 90.0
+    command: list[str], log: Path, env: dict | None = None, timeout: float = 90.0, ready: bool = True
 ) -> Iterator[Server]:
+    """`ready=False`: yield once the server is alive (`/v2/health/live`), before its model is loaded."""
     port = free_port()
     with open(log, "w") as out:
         process = subprocess.Popen(
@@ -53,7 +60,7 @@ def predictor_server(
     server = Server(f"http://127.0.0.1:{port}", process, log)
     try:
         deadline = time.monotonic() + timeout
-        while not server.healthy():
+        while not (server.healthy() if ready else server.alive()):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the server did not become ready:\n{log.read_text()[-3000:]}")
             time.sleep(0.3)

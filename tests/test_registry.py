@@ -1,5 +1,6 @@
 """The MLflow registry as users drive it (`duogen registry promote|resolve`, against a sqlite store): a
-version carries its metrics; the alias moves only when every gate passes; every decision is kept."""
+version carries its metrics (its run's); the alias moves only when every gate passes; every decision is
+kept. tests/test_registry_server.py runs the same against a real `mlflow server` on S3."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from duogen.model.errors import DuoGenInputError
+from duogen.platform.model_store import pair_folder
 from duogen.platform.registry import check_gates, promote, register_pair, resolve
 
 DUOGEN = str(Path(sys.executable).parent / "duogen")
@@ -40,7 +42,9 @@ def test_a_pipeline_run_registers_its_pair_once(store):
     assert (first.version, first.created) == ("1", True)
     assert (again.version, again.created) == ("1", False)
     assert other.version == "2"
-    assert (Path(first.source.removeprefix("file://")) / "dit" / "weights.safetensors").read_bytes() == b"w"
+    files = pair_folder(Path(first.source.removeprefix("file://")))  # the pyfunc model's artifact `pair`
+    assert (files / "dit" / "weights.safetensors").read_bytes() == b"w"
+    assert (files.parents[1] / "MLmodel").exists() and files.parent.name == "artifacts"
 
 
 def test_gates_read_metrics_and_name_every_failure():
@@ -91,7 +95,7 @@ def test_the_cli_promotes_resolves_and_explains(store):
     )
     assert passed.returncode == 0 and json.loads(passed.stdout)["promoted"] is True
     where = subprocess.run([*base, "resolve", "models:/toy@champion"], capture_output=True, text=True)
-    assert where.returncode == 0 and where.stdout.strip().endswith("/model")
+    assert where.returncode == 0 and where.stdout.strip().endswith("/artifacts")
     bad = subprocess.run(
         [*base, "promote", "--model", "toy", "--version", "1", "--gate", "t_com"],
         capture_output=True,

@@ -46,6 +46,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a host (or host:port) input images may be fetched from over http(s); repeatable",
     )
     p.add_argument(
+        "--reload-interval",
+        type=float,
+        default=0.0,
+        help="serving models:/NAME@ALIAS: check every this many seconds whether the alias moved and swap "
+        "the new version in (default: 0, never)",
+    )
+    p.add_argument(
         "--auth-token-file",
         default=None,
         help="require 'Authorization: Bearer <token>' with the token in this file (a mounted Secret); "
@@ -68,6 +75,7 @@ def settings_from_args(args: argparse.Namespace):
         dtype=args.dtype,
         max_new_tokens=args.max_new_tokens,
         max_image_side=args.max_image_side,
+        reload_interval=args.reload_interval,
         engine=EngineSettings(
             max_running=args.max_running,
             max_queued=args.max_queued,

@@ -65,6 +65,10 @@ class GenerationEngine:
         self.running = 0
 
     @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
     def queued(self) -> int:
         return max(0, self._in_flight - self.running)
 

@@ -1,7 +1,9 @@
 """The predictor KServe runs: a `kserve.Model` that loads the pair and generates; it knows nothing of HTTP.
 
 `load()` fetches the pair (local folder, `/mnt/models`, `s3://`, `models:/NAME@ALIAS`), places it on the
-device in the chosen dtype and starts the generation engine; `ready` is true only after that. `stream()`
+device in the chosen dtype and starts the generation engine; `ready` is true only after that. Serving an
+alias, `reload_if_moved()` loads the version the alias points at now beside the running one and swaps it in
+between requests (the old engine finishes what it admitted), so promoting a version rolls it out. `stream()`
 yields one request's events (text deltas, image started/done, finished); the V1/V2 `predict` runs the same
 path and returns the whole answer. The OpenAI routes (`openai_routes.py`) are protocol code on top of
 `stream()`.
@@ -13,6 +15,7 @@ import base64
 import io
 import json
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -22,7 +25,7 @@ from pydantic import ValidationError
 from duogen.model.errors import DuoGenInputError
 from duogen.model.generate import Answer, GenerationOptions
 from duogen.model.pair import DuoGenPair
-from duogen.platform.model_store import local_pair_dir
+from duogen.platform.model_store import alias_version, local_pair_dir
 
 from .engine import EngineSettings, GenerationEngine
 from .inputs import ImageLimits, decode_base64
@@ -48,6 +51,7 @@ class PredictorSettings:
     max_new_tokens: int = 1024  # the most a request may ask for
     default_new_tokens: int = 256
     max_image_side: int = 512  # drawn pictures, per side
+    reload_interval: float = 0.0  # seconds between checks of a `models:/NAME@ALIAS`'s version (0: never)
     engine: EngineSettings = field(default_factory=EngineSettings)
     limits: ImageLimits = field(default_factory=ImageLimits)
 
@@ -64,18 +68,41 @@ class DuoGenPredictor(kserve.Model):
         self.settings = settings
         self.pair = pair
         self.engine: GenerationEngine | None = None
+        self.version: str | None = None  # the registry version being served (an alias's model only)
 
     def load(self) -> bool:
         s = self.settings
         if s.dtype not in DTYPES:
             raise DuoGenInputError(f"unknown dtype {s.dtype!r}; choose one of {sorted(DTYPES)}")
         if self.pair is None:
-            self.pair = DuoGenPair.from_pretrained(
-                local_pair_dir(s.model), device=s.device, dtype=DTYPES[s.dtype]
-            )
+            self.version = alias_version(s.model)
+            self.pair = self._fetch(self.version)
         self.engine = GenerationEngine(self.pair, s.engine)
         self.ready = True
         return self.ready
+
+    def _fetch(self, version: str | None) -> DuoGenPair:
+        """The pair of the alias's `version` (pinned: the alias may move meanwhile), or of the URI."""
+        s = self.settings
+        uri = s.model
+        if version is not None:
+            uri = "models:/" + s.model.removeprefix("models:/").partition("@")[0] + "/" + version
+        return DuoGenPair.from_pretrained(local_pair_dir(uri), device=s.device, dtype=DTYPES[s.dtype])
+
+    def reload_if_moved(self, drain_s: float | None = None) -> bool:
+        """Serve the version the alias points at now, if it moved; True when it swapped one in."""
+        now = alias_version(self.settings.model)
+        if now is None or now == self.version or not self.ready:
+            return False
+        pair = self._fetch(now)
+        engine, old = GenerationEngine(pair, self.settings.engine), self.engine
+        self.pair, self.engine, self.version = pair, engine, now
+        deadline = time.monotonic() + (self.settings.engine.timeout_s if drain_s is None else drain_s)
+        while old is not None and old.in_flight and time.monotonic() < deadline:
+            time.sleep(0.2)  # requests admitted before the swap finish on the old pair
+        if old is not None:
+            old.close()
+        return True
 
     def stop(self) -> None:
         if self.engine is not None:

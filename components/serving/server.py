@@ -281,6 +281,12 @@ class ModelsReadyDataPlane(DataPlane):
         models = list(self.model_registry.get_models().values())
         return bool(models) and all([await m.healthy() for m in models]) and await super().ready()
 
+    async def model_metadata(self, model_name: str) -> dict:
+        """KServe's V2 model metadata, with `versions`: the registry version being served (an alias's)."""
+        meta = await super().model_metadata(model_name)
+        version = getattr(self.get_model_from_registry(model_name), "version", None)
+        return {**meta, "versions": [version]} if version else meta
+
 
 class FixedModels(ModelRepositoryExtension):
     """KServe's repository extension (`/v2/repository/models/NAME/load|unload`) for a server that holds one
@@ -338,16 +344,29 @@ class DuoGenModelServer(kserve.ModelServer):
         asyncio.run(self._serve())
 
 
-def _load(model: DuoGenPredictor) -> None:
-    try:
-        started = time.perf_counter()
-        model.load()
-        log.info(
-            "model loaded",
-            extra={"fields": {"model": model.name, "seconds": round(time.perf_counter() - started, 2)}},
-        )
-    except Exception as err:  # noqa: BLE001 - the server keeps answering liveness; readiness stays false
-        log.error("model failed to load", extra={"fields": {"model": model.name, "error": str(err)}})
+def _load(model: DuoGenPredictor, first_retry_s: float = 2.0, most_s: float = 60.0) -> None:
+    """Load until it works (the registry or the store may come up after the pod), then follow the alias."""
+    delay = first_retry_s
+    while not model.ready:
+        try:
+            started = time.perf_counter()
+            model.load()
+            seconds = round(time.perf_counter() - started, 2)
+            fields = {"model": model.name, "version": model.version, "seconds": seconds}
+            log.info("model loaded", extra={"fields": fields})
+        except Exception as err:  # noqa: BLE001 - the server keeps answering liveness; readiness stays false
+            fields = {"model": model.name, "error": str(err), "retry_in_s": delay}
+            log.error("model failed to load", extra={"fields": fields})
+            time.sleep(delay)
+            delay = min(2 * delay, most_s)
+    interval = model.settings.reload_interval
+    while interval > 0 and model.version is not None:
+        time.sleep(interval)
+        try:
+            if model.reload_if_moved():
+                log.info("alias moved: serving the new version", extra={"fields": {"version": model.version}})
+        except Exception as err:  # noqa: BLE001 - keep serving the loaded version; try again next time
+            log.error("reload failed", extra={"fields": {"model": model.name, "error": str(err)}})
 
 
 def serve(settings: ServeSettings) -> None:

@@ -8,7 +8,8 @@ import json
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """Move an alias to a version if every gate (`--gate metric=threshold`, metric >= threshold, read from
-    the version's `metric.*` tags) passes; the decision is recorded either way. Exit 1 when rejected."""
+    the metrics of the run that registered the version) passes; the decision is recorded either way. Exit 1
+    when rejected."""
     from duogen.platform.registry import promote
 
     gates = {}
@@ -26,10 +27,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
-    """Print the storage URI behind models:/NAME@ALIAS or models:/NAME/VERSION (KServe's storageUri)."""
+    """Print the storage URI behind models:/NAME@ALIAS or models:/NAME/VERSION that KServe's storage
+    initializer can fetch (a pinned `storageUri`). Behind an MLflow server run with --serve-artifacts, give
+    its --artifacts-destination: the version's `mlflow-artifacts:/...` location is translated under it."""
     from duogen.platform.registry import resolve
 
-    print(resolve(args.uri, args.tracking_uri))
+    print(resolve(args.uri, args.tracking_uri, args.artifacts_destination))
     return 0
 
 
@@ -46,6 +49,12 @@ def add_registry(sub) -> None:
         "resolve", help="the storage URI of a models:/ URI", description=cmd_resolve.__doc__
     )
     rs.add_argument("uri", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    rs.add_argument(
+        "--artifacts-destination",
+        default=None,
+        help="the MLflow server's --artifacts-destination, e.g. s3://duogen/mlflow "
+        "(default: MLFLOW_ARTIFACTS_DESTINATION)",
+    )
     rs.set_defaults(func=cmd_resolve)
     for q in (pr, rs):
         q.add_argument("--tracking-uri", default=None, help="MLflow (default: MLFLOW_TRACKING_URI)")
