@@ -212,6 +212,43 @@ def version_tag(package: str | Path) -> str:
     return f"v{__version__}-{digest}"
 
 
+def unreachable(host: str, wait: float, token: str | None = None) -> str | None:
+    """None as soon as the KFP API at `host` answers its health route (any HTTP reply), polled for up to
+    `wait` seconds; else why it did not (the last connection error: a name that does not resolve on a
+    cluster without KFP, a refused or silent port), in words that say what to do."""
+    import httpx
+
+    url = f"{host.rstrip('/')}/apis/v2beta1/healthz"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    deadline = time.monotonic() + wait
+    last = "no answer"
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            httpx.get(url, headers=headers, timeout=min(10.0, left))
+            return None
+        except httpx.TransportError as err:  # DNS, connect, read timeouts: nothing answered
+            last = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        time.sleep(max(0.0, min(2.0, deadline - time.monotonic())))
+    return (
+        f"no Kubeflow Pipelines API answered at {host} within {wait:g} s ({last}); the pipeline was not "
+        f"uploaded. Once KFP runs, upload it with `helm upgrade` (the chart's Job runs again) or "
+        f"`duogen pipeline upload --host {host}`"
+    )
+
+
+def find_pipeline(client, name: str, namespace: str | None = None) -> str | None:
+    """The id of the pipeline called `name` in `namespace` (None: the shared pipelines). kfp 2.17's
+    `Client.get_pipeline_id` lists without a namespace, and the backend then lists only shared pipelines
+    (kubeflow/pipelines 2.15.0 backend/src/apiserver/server/pipeline_server.go `listPipelines` filters by
+    the request's namespace), so a multi-user upload never found its own pipeline and tried to create it
+    again."""
+    name_is = {"predicates": [{"operation": 1, "key": "display_name", "stringValue": name}]}  # 1: EQUALS
+    found = client.list_pipelines(filter=json.dumps(name_is), namespace=namespace, page_size=2).pipelines
+    if found and len(found) > 1:
+        raise ValueError(f"more than one pipeline is called {name!r} in namespace {namespace or '(shared)'}")
+    return found[0].pipeline_id if found else None
+
+
 def upload(
     package: str | Path,
     host: str,
@@ -219,16 +256,17 @@ def upload(
     namespace: str | None = None,
     token: str | None = None,
 ) -> dict[str, Any]:
-    """Upload a compiled pipeline to a KFP API as a new version of pipeline `name` (created when missing).
-    Idempotent: when a version already carries this file's tag (its name, or its description for the
-    version KFP makes with a new pipeline) nothing is uploaded. Returns ids and whether it uploaded."""
+    """Upload a compiled pipeline to a KFP API as a new version of pipeline `name` (created when missing)
+    in `namespace` (multi-user Kubeflow's profile namespace; None: shared). Idempotent: when a version
+    already carries this file's tag (its name, or its description for the version KFP makes with a new
+    pipeline) nothing is uploaded. Returns ids and whether it uploaded."""
     import kfp
 
     check_backend(host, token)
     tag = version_tag(package)
     description = f"DuoGen pipeline {tag}"
     client = kfp.Client(host=host, existing_token=token, namespace=namespace or "kubeflow")
-    pipeline_id = client.get_pipeline_id(name)
+    pipeline_id = find_pipeline(client, name, namespace)
     if pipeline_id is None:
         created = client.upload_pipeline(
             str(package), pipeline_name=name, description=description, namespace=namespace

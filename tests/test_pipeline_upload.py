@@ -3,12 +3,18 @@
 No KFP backend can run here, so a small HTTP server on 127.0.0.1 answers the v2beta1 REST paths `kfp.Client`
 calls (list pipelines by name, upload a pipeline, list its versions, upload a version) and keeps what it was
 sent. Like the real backend, uploading a new pipeline also makes its first version, carrying the pipeline's
-name and description. The client side (request building, multipart upload, paging) is kfp's own."""
+name and description; pipelines live in a namespace (multi-user Kubeflow's profile, "" for shared ones), a
+list answers only the namespace it names (kubeflow/pipelines 2.15.0 backend/src/apiserver/server/
+pipeline_server.go `listPipelines`: the request's namespace, empty = shared, is the filter's reference key),
+and a second pipeline of the same name in one namespace is refused (409, as the backend's unique
+display-name index does). The client side (request building, multipart upload, paging) is kfp's own."""
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 import uuid
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -55,7 +61,8 @@ class _Handler(BaseHTTPRequestHandler):
             found = [
                 p
                 for p in self.server.pipelines.values()
-                if all(p[q["key"]] == q["stringValue"] for q in predicates)
+                if p["namespace"] == query.get("namespace", "")
+                and all(p[q["key"]] == q["stringValue"] for q in predicates)
             ]
             return self._send({"pipelines": found, "total_size": len(found)} if found else {})
         parts = url.path.split("/")  # /apis/v2beta1/pipelines/{id}/versions
@@ -82,11 +89,20 @@ class _Handler(BaseHTTPRequestHandler):
         ]
         self.server.uploads.append((url.path, part.get_payload(decode=True)))
         if url.path == "/apis/v2beta1/pipelines/upload":
+            namespace = query.get("namespace", "")
+            taken = [
+                p
+                for p in self.server.pipelines.values()
+                if (p["display_name"], p["namespace"]) == (query["name"], namespace)
+            ]
+            if taken:
+                return self._send({"error": f"pipeline {query['name']} already exists"}, 409)
             pid = str(uuid.uuid4())
             pipeline = {
                 "pipeline_id": pid,
                 "display_name": query["name"],
                 "description": query.get("description", ""),
+                "namespace": namespace,
             }
             self.server.pipelines[pid] = pipeline
             first = {**pipeline, "pipeline_version_id": str(uuid.uuid4())}
@@ -197,3 +213,62 @@ def test_compile_for_a_cluster_sets_the_defaults_the_image_and_the_pull_secret(t
     ours = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert set(ours) == set(spec["deploymentSpec"]["executors"])
     assert all(e["imagePullSecret"] == want for e in ours.values())
+    # the S3 Secret is required (components/pipeline/pipeline.py `_on_cluster`): a step whose Secret is
+    # missing in the runner's namespace must fail to start naming it, not run without credentials
+    secrets = [s for e in ours.values() for s in e.get("secretAsEnv", [])]
+    assert len(secrets) == len(ours) and all(s["optional"] is False for s in secrets)
+
+
+def test_a_multi_user_upload_finds_its_own_pipeline_in_the_profile_namespace(kfp_api, tmp_path, capsys):
+    """Multi-user Kubeflow (the chart's Job with `--namespace`): the second upload must find the pipeline the
+    first one made in the profile namespace. The bug it catches: kfp's `get_pipeline_id` lists shared
+    pipelines only, so every `helm upgrade` tried to create the pipeline again and the backend refused it."""
+    host = f"http://127.0.0.1:{kfp_api.server_address[1]}"
+    compiled = tmp_path / "compiled.yaml"
+    assert main(["pipeline", "compile", "-o", str(compiled)]) == 0
+    capsys.readouterr()
+    argv = ["--package", str(compiled), "--namespace", "team-a"]
+    first = _upload(capsys, host, *argv)
+    (pipeline,) = kfp_api.pipelines.values()
+    assert first["created_pipeline"] and pipeline["namespace"] == "team-a"
+
+    again = _upload(capsys, host, *argv)  # helm upgrade, same image
+    assert again["uploaded"] is False and again["pipeline_id"] == pipeline["pipeline_id"]
+    changed = tmp_path / "changed.yaml"
+    changed.write_bytes(compiled.read_bytes() + b"\n# changed\n")
+    new = _upload(capsys, host, "--package", str(changed), "--namespace", "team-a")
+    assert new["uploaded"] and new["pipeline_id"] == pipeline["pipeline_id"]
+    assert len(kfp_api.pipelines) == 1  # a new version of the same pipeline, not a second pipeline
+
+    other = _upload(capsys, host, "--package", str(compiled), "--namespace", "team-b")
+    assert other["created_pipeline"] and len(kfp_api.pipelines) == 2  # another profile has its own
+
+
+@pytest.fixture
+def silent_port():
+    """A port that accepts connections and never answers: a KFP Service whose pods do not reply."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def test_without_kfp_the_upload_says_why_and_exits_0_within_its_bound(silent_port, tmp_path, capsys):
+    """The chart's post-install Job on a cluster without KFP: it must finish well inside helm's 5-minute
+    hook timeout and succeed, saying why nothing was uploaded and how to upload later. The bugs it catches:
+    a Job retrying for ~10 minutes (helm reports the release FAILED), or one that exits 0 silently."""
+    compiled = tmp_path / "compiled.yaml"
+    compiled.write_text("unused: the API never answers\n")
+    for host in (f"http://127.0.0.1:{silent_port}", "http://ml-pipeline.no-such-namespace.invalid:8888"):
+        start = time.monotonic()
+        argv = ["pipeline", "upload", "--host", host, "--package", str(compiled), "--wait", "3"]
+        assert main([*argv, "--skip-if-unreachable"]) == 0
+        assert time.monotonic() - start < 3 + 10  # the wait, one last timeout, no retries beyond
+        out, err = capsys.readouterr()
+        line = json.loads(out.strip().splitlines()[-1])
+        assert line["uploaded"] is False and line["host"] == host
+        for said in (f"no Kubeflow Pipelines API answered at {host} within 3 s", "helm upgrade"):
+            assert said in line["skipped"] and said in err
+        with pytest.raises(RuntimeError, match="no Kubeflow Pipelines API answered"):
+            main(argv)  # without the flag (by hand), a silent API is an error

@@ -31,9 +31,14 @@ S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS
 
 def _on_cluster(task, s3_secret, retries: int = 0):
     """What a step's pod needs on a cluster (the local runner ignores it): the S3 credentials from the
-    Secret (optional: a pod with an IAM role needs none), and retries for the steps that resume."""
+    Secret, and retries for the steps that resume. The Secret is not optional: a pod without it does not
+    start (CreateContainerConfigError naming the Secret) instead of running without credentials and failing
+    later on an unsigned request. It must exist where KFP runs the pods (standalone KFP: `kubeflow`; the
+    chart copies it there). With an IAM role (IRSA, workload identity) the Secret still has to exist: leave
+    its AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY empty and botocore skips them (EnvProvider ignores an
+    empty key) and takes the role."""
     kubernetes.use_secret_as_env(
-        task, secret_name=s3_secret, secret_key_to_env={k: k for k in S3_ENV}, optional=True
+        task, secret_name=s3_secret, secret_key_to_env={k: k for k in S3_ENV}, optional=False
     )
     if retries:
         task.set_retry(num_retries=retries, backoff_duration="60s")

@@ -108,12 +108,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_upload(args: argparse.Namespace) -> int:
     """Upload the pipeline to a Kubeflow Pipelines API as a new version of `--name` (the pipeline is created
-    the first time). An unchanged pipeline is not uploaded twice: versions are named by the compiled file's
-    digest. The chart's post-install Job runs this; prints one JSON line."""
+    the first time; with `--namespace`, in that profile namespace). An unchanged pipeline is not uploaded
+    twice: versions are named by the compiled file's digest. The API must answer within `--wait` seconds;
+    with `--skip-if-unreachable` a silent API is not an error: it says why and exits 0 (the chart's
+    post-install Job, which must never fail a release on a cluster without KFP). Prints one JSON line."""
+    import sys
     import tempfile
 
-    from duogen.platform.kfp_runner import upload
+    from duogen.platform.kfp_runner import unreachable, upload
 
+    why = unreachable(args.host, args.wait)
+    if why:
+        if not args.skip_if_unreachable:
+            raise RuntimeError(why)
+        print(f"duogen pipeline upload: skipped: {why}", file=sys.stderr)
+        print(json.dumps({"uploaded": False, "skipped": why, "host": args.host, "name": args.name}))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         package = args.package or _compile(args, f"{tmp}/duogen-pipeline.yaml")
         result = upload(package, args.host, args.name, args.namespace)
@@ -198,6 +208,18 @@ def add_pipeline(sub) -> None:
     u.add_argument("--package", help="a compiled pipeline (default: compile one now)")
     u.add_argument(
         "--namespace", default=None, help="a profile namespace (multi-user Kubeflow; default: shared)"
+    )
+    u.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long the KFP API may take to answer at all (default: 30)",
+    )
+    u.add_argument(
+        "--skip-if-unreachable",
+        action="store_true",
+        help="when it does not answer in time, say why and exit 0 instead of failing (no KFP here yet)",
     )
     _compile_arguments(u)
     u.set_defaults(func=cmd_upload)
