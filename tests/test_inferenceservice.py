@@ -1,12 +1,14 @@
 """Deploying to KServe. No Kubernetes API server can run here, so: the generated InferenceService is
-validated against KServe's CRD (tests/data/crds) with jsonschema, and the create / patch / wait / failure
+validated against KServe's CRD (tests/data/crds) with jsonschema, and the create / rollout / wait / failure
 paths run through the kserve SDK's client against a stand-in HTTP server on 127.0.0.1 that answers the
-InferenceService REST paths (validating what it is sent). Its `status.url` points at a real predictor server
-(`duogen serve` on a tiny pair), so the pipeline's deploy step asks that server over HTTP as it would ask
-the InferenceService."""
+InferenceService REST paths as the API server does (JSON merge patch, `metadata.generation` bumped on each
+write; validating the result). Its `status.address.url` points at a real predictor server (`duogen serve` on
+a toy pair), so the pipeline's deploy step asks that server over HTTP as it would ask the InferenceService;
+`status.url` is an external domain that does not resolve, as a Serverless one may not from a pipeline pod."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import sys
@@ -19,12 +21,14 @@ import jsonschema
 import pytest
 import yaml
 
+from duogen.model.errors import DuoGenInputError
 from duogen.platform.inferenceservice import DeployFailed, ServingSettings, as_dict, build, deploy
 
 sys.path.insert(0, str(Path(__file__).parent))
 from k8s_checks import policy_violations  # noqa: E402
 from serving_server import predictor_server  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 CRD = Path(__file__).parent / "data" / "crds" / "serving.kserve.io_inferenceservices.yaml"
 DUOGEN = str(Path(sys.executable).parent / "duogen")
 PATH = re.compile(r"/apis/serving.kserve.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/]+))?")
@@ -36,29 +40,65 @@ def schema() -> dict:
     return next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")["schema"]["openAPIV3Schema"]
 
 
-def test_the_inferenceservice_validates_and_carries_the_serving_settings(schema):
-    s = ServingSettings(namespace="ml", gpus=1, min_replicas=1, max_replicas=3, auth_secret="duogen-auth")
-    isvc = as_dict(build("duogen-toy", "s3://models/duogen/1/model", s))
+def test_the_inferenceservice_serves_the_alias_and_carries_the_serving_settings(schema):
+    """Fails when the alias is handed to KServe's storage initializer as storageUri (it cannot read one),
+    when the predictor is not told to follow the alias, or when a setting is dropped."""
+    s = ServingSettings(
+        namespace="ml", gpus=1, max_replicas=3, auth_secret="duogen-auth", tracking_uri="http://m"
+    )
+    isvc = as_dict(build("models:/duogen-toy@champion", s))
     jsonschema.validate(isvc, schema)
+    assert isvc["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "RawDeployment"}
     predictor = isvc["spec"]["predictor"]
     model = predictor["model"]
     assert model["modelFormat"] == {"name": "duogen"} and model["runtime"] == "duogen"
-    assert model["storageUri"] == "s3://models/duogen/1/model"
+    assert "storageUri" not in model
+    assert model["args"] == ["--model=models:/duogen-toy@champion", "--reload-interval=60"]
     assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert model["env"] == [
-        {"name": "DUOGEN_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "duogen-auth", "key": "token"}}}
+        {"name": "MLFLOW_TRACKING_URI", "value": "http://m"},
+        {"name": "DUOGEN_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "duogen-auth", "key": "token"}}},
     ]
     assert (predictor["minReplicas"], predictor["maxReplicas"], predictor["timeout"]) == (1, 3, 300)
     assert predictor["serviceAccountName"] == "duogen-s3"
     assert policy_violations([isvc]) == []  # non-root pods, resources, the token only from its Secret
+    pinned = as_dict(build("s3://models/duogen/1/artifacts", s))["spec"]["predictor"]["model"]
+    assert pinned["storageUri"] == "s3://models/duogen/1/artifacts" and "args" not in pinned
     bad = json.loads(json.dumps(isvc))
     bad["spec"]["predictor"]["minReplicas"] = "one"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
 
 
+def test_serverless_mode_leaves_out_what_knative_refuses(schema):
+    """Knative's default feature flags refuse a pod-level securityContext (tests/k8s_checks.py encodes
+    them); RawDeployment keeps it. Fails when the mode is ignored or misspelt modes are accepted."""
+    isvc = as_dict(build("models:/m@a", ServingSettings(deployment_mode="Serverless")))
+    jsonschema.validate(isvc, schema)
+    assert isvc["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Serverless"}
+    assert "securityContext" not in isvc["spec"]["predictor"]
+    assert "securityContext" in as_dict(build("models:/m@a", ServingSettings()))["spec"]["predictor"]
+    with pytest.raises(DuoGenInputError, match="deployment_mode must be one of"):
+        ServingSettings(deployment_mode="serverless")
+
+
+def merge_patch(target, patch):
+    """RFC 7386 JSON merge patch, as the API server applies `application/merge-patch+json`."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
 class StandIn:
-    """The InferenceService paths of an API server; a service turns Ready after `polls` reads."""
+    """The InferenceService paths of an API server. Each write bumps `metadata.generation`; the controller
+    "sees" it (`status.observedGeneration`) and reports Ready after `polls` reads, Ready of the previous
+    generation meanwhile. `status.address.url` is `url` (in-cluster), `status.url` an external domain."""
 
     def __init__(self, schema: dict, url: str, polls: int = 1, ready: bool = True) -> None:
         self.objects: dict[str, dict] = {}
@@ -87,16 +127,21 @@ class StandIn:
                     jsonschema.validate(body, schema)
                 except jsonschema.ValidationError as err:
                     return self._send(422, {"kind": "Status", "reason": "Invalid", "message": err.message})
-                stand_in.objects[body["metadata"]["name"]] = {**body, "_reads": 0}
+                body["metadata"]["generation"] = 1
+                stand_in.objects[body["metadata"]["name"]] = {**body, "_reads": 0, "_seen": 0}
                 self._send(201, body)
 
             def do_PATCH(self):
                 name = PATH.fullmatch(urlparse(self.path).path).group(2)
-                body = self._body()
+                assert self.headers["content-type"] == "application/merge-patch+json"
                 stand_in.calls.append(("PATCH", name))
-                jsonschema.validate(body, schema)
-                stand_in.objects[name] = {**body, "_reads": 0}
-                self._send(200, body)
+                old = copy.deepcopy(stand_in.objects[name])
+                new = merge_patch({k: v for k, v in old.items() if not k.startswith("_")}, self._body())
+                jsonschema.validate(new, schema)
+                seen = old["metadata"]["generation"]
+                new["metadata"]["generation"] = seen + 1
+                stand_in.objects[name] = {**new, "_reads": 0, "_seen": seen}
+                self._send(200, new)
 
             def do_GET(self):
                 name = PATH.fullmatch(urlparse(self.path).path).group(2)
@@ -105,11 +150,15 @@ class StandIn:
                     return self._send(404, {"kind": "Status", "reason": "NotFound", "code": 404})
                 found["_reads"] += 1
                 ok = ready and found["_reads"] > polls
-                condition = {"type": "Ready", "status": "True" if ok else "False"}
-                if not ok:
+                seen = found["metadata"]["generation"] if ok else found["_seen"]
+                condition = {"type": "Ready", "status": "True" if ok or seen else "False"}
+                if not ok and not seen:
                     condition |= {"reason": "RevisionMissing", "message": "storage-initializer: no such key"}
-                status = {"conditions": [condition], **({"url": url} if ok else {})}
-                self._send(200, {**{k: v for k, v in found.items() if k != "_reads"}, "status": status})
+                status = {"conditions": [condition], "observedGeneration": seen}
+                if ok or seen:
+                    status |= {"url": f"http://{name}.ml.example.com", "address": {"url": url}}
+                shown = {k: v for k, v in found.items() if not k.startswith("_")}
+                self._send(200, {**shown, "status": status})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -124,19 +173,26 @@ class StandIn:
         }
 
 
-def test_deploy_creates_then_patches_and_waits_for_ready(schema):
-    server = StandIn(schema, url="http://duogen-toy.ml.example.com")
+def test_deploy_creates_then_rolls_out_and_waits_for_the_new_generation(schema):
+    """Fails when a second deploy replaces the service's spec, when it accepts the Ready of the previous
+    generation (the old pods), or when it returns the external `status.url` instead of the in-cluster
+    `status.address.url`."""
+    server = StandIn(schema, url="http://duogen.ml.svc.cluster.local", polls=3)
     try:
         s = ServingSettings(namespace="ml")
         logs: list[str] = []
-        url = deploy("duogen-toy", "s3://m/1", s, server.kubeconfig, poll_seconds=0.05, log=logs.append)
-        again = deploy("duogen-toy", "s3://m/2", s, server.kubeconfig, poll_seconds=0.05, log=logs.append)
-        assert url == again == "http://duogen-toy.ml.example.com"
-        assert server.calls == [("POST", "duogen-toy"), ("PATCH", "duogen-toy")]
-        assert server.objects["duogen-toy"]["spec"]["predictor"]["model"]["storageUri"] == "s3://m/2"
+        model = "models:/duogen-toy@champion"
+        url = deploy(model, s, "1", server.kubeconfig, poll_seconds=0.01, log=logs.append)
+        again = deploy(model, s, "2", server.kubeconfig, poll_seconds=0.01, log=logs.append)
+        assert url == again == "http://duogen.ml.svc.cluster.local"
+        assert server.calls == [("POST", "duogen"), ("PATCH", "duogen")]
+        obj = server.objects["duogen"]
+        assert obj["_reads"] > 3  # waited past the previous generation's Ready
+        assert obj["spec"]["predictor"]["annotations"] == {"duogen.dev/model-version": "2"}
+        assert obj["spec"]["predictor"]["model"]["args"][0] == "--model=models:/duogen-toy@champion"
         assert logs == [
-            "created InferenceService ml/duogen-toy -> s3://m/1",
-            "patched InferenceService ml/duogen-toy -> s3://m/2",
+            "created InferenceService ml/duogen: models:/duogen-toy@champion version 1",
+            "rolled out InferenceService ml/duogen: models:/duogen-toy@champion version 2",
         ]
     finally:
         server.httpd.shutdown()
@@ -149,12 +205,32 @@ def test_a_service_that_never_gets_ready_fails_with_its_condition(schema):
         with pytest.raises(
             DeployFailed, match="not ready within 0 s: Ready: RevisionMissing storage-initializer"
         ):
-            deploy("duogen-toy", "s3://m/1", s, server.kubeconfig, poll_seconds=0.05)
+            deploy("models:/duogen-toy@champion", s, "1", server.kubeconfig, poll_seconds=0.05)
     finally:
         server.httpd.shutdown()
 
 
-def test_the_deploy_step_resolves_the_alias_deploys_and_asks_the_service(schema, tmp_path, monkeypatch):
+def _chart_inferenceservice() -> dict:
+    """The chart's InferenceService as `helm install duogen helm/duogen -n ml` creates it."""
+    import helm_python as helm
+    from k8s_checks import documents
+
+    rendered = helm.Chart.load(ROOT / "helm" / "duogen").render(
+        {}, name="duogen", namespace="ml", is_install=True
+    )
+    found = [
+        d for d in documents(rendered["duogen/templates/serving.yaml"]) if d["kind"] == "InferenceService"
+    ]
+    (isvc,) = found
+    isvc["metadata"].setdefault("namespace", "ml")
+    return isvc
+
+
+def test_the_deploy_step_rolls_out_the_charts_service_and_asks_it(schema, tmp_path, monkeypatch):
+    """The pipeline's deploy step on a cluster where the chart is installed: it must roll out the chart's
+    InferenceService (no second service) and ask it at its in-cluster address. Fails when it creates a
+    service of its own, overwrites the chart's spec, or asks `status.url` (unresolvable here, as an external
+    Serverless domain is from a pipeline pod)."""
     from duogen.components.pipeline.deploy_component import deploy as step
     from duogen.model.pair import DuoGenPair
     from duogen.model.presets import get_preset
@@ -166,8 +242,15 @@ def test_the_deploy_step_resolves_the_alias_deploys_and_asks_the_service(schema,
     artifacts = (tmp_path / "artifacts").as_uri()
     version = register_pair(pair, "duogen-toy", {"t_com": 1.0}, {}, "r", tracking, "exp", artifacts)
     assert promote("duogen-toy", version.version, "champion", {}, tracking).promoted
+    chart = _chart_inferenceservice()
     with predictor_server([DUOGEN, "serve", "--model", str(pair)], tmp_path / "server.log") as server:
         stand_in = StandIn(schema, url=server.url)
+        stand_in.objects["duogen"] = {
+            **chart,
+            "metadata": {**chart["metadata"], "generation": 1},
+            "_reads": 0,
+        }
+        stand_in.objects["duogen"]["_seen"] = 1
         (tmp_path / "kubeconfig").write_text(json.dumps(stand_in.kubeconfig))
         monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
         monkeypatch.setattr("duogen.platform.inferenceservice.time.sleep", lambda s: None)
@@ -175,7 +258,7 @@ def test_the_deploy_step_resolves_the_alias_deploys_and_asks_the_service(schema,
             model_name="duogen-toy",
             alias="champion",
             target="kserve",
-            serving={"namespace": "ml"},
+            serving={"name": "duogen", "namespace": "ml"},
             root=str(tmp_path / "root"),
             run_name="r",
             tracking_uri=tracking,
@@ -184,10 +267,13 @@ def test_the_deploy_step_resolves_the_alias_deploys_and_asks_the_service(schema,
             seed=0,
         )
         stand_in.httpd.shutdown()
-    sent = stand_in.objects["duogen-toy"]["spec"]["predictor"]["model"]["storageUri"]
-    assert sent == version.source  # the alias, resolved for KServe's storage initializer
+    assert stand_in.calls == [("PATCH", "duogen")]
+    rolled = {k: v for k, v in stand_in.objects["duogen"].items() if not k.startswith("_")}
+    assert rolled["spec"]["predictor"].pop("annotations") == {"duogen.dev/model-version": version.version}
+    assert rolled["spec"] == chart["spec"]  # nothing but the rollout annotation changed
     record = json.loads((tmp_path / "root" / "r" / "deploy-champion" / "_step.json").read_text())["outputs"]
     assert page == record["page"] and record["url"] == f"{server.url}/openai/v1/responses"
+    assert record["version"] == version.version
     html = Path(page).read_text()
     assert html.count("<img") == 1 + record["images"] and "DuoGen answers over HTTP" in html
     assert re.search(r"POST /openai/v1/responses.*200", (tmp_path / "server.log").read_text())

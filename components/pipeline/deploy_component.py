@@ -17,9 +17,9 @@ def deploy(
     seed: int,
 ) -> str:
     """Serve `models:/NAME@ALIAS`, answer one request over HTTP and save the answer as an HTML page; returns
-    the page's URI. `target`: "local" (the predictor on 127.0.0.1 of this machine) or "kserve" (an
-    InferenceService with the alias's storage URI; `serving` overrides its settings: namespace, runtime,
-    service_account, gpus, min_replicas, max_replicas, auth_secret, ...)."""
+    the page's URI. `target`: "local" (the predictor on 127.0.0.1 of this machine) or "kserve" (roll the
+    alias's version out on the chart's InferenceService, which serves the alias; `serving` overrides its
+    settings: name, namespace, deployment_mode, runtime, service_account, gpus, auth_secret, ...)."""
     import os
 
     from duogen.components.serving.local_deploy import ask, serve_and_ask
@@ -41,15 +41,15 @@ def deploy(
             answer = serve_and_ask(model, out / "answer.html", env=env | cache, seed=seed)
         else:
             from duogen.platform.inferenceservice import ServingSettings, deploy
-            from duogen.platform.registry import resolve
+            from duogen.platform.registry import alias_version
 
-            settings = ServingSettings(**serving)
-            source = resolve(model, tracking_uri or None)
-            url = deploy(model_name.lower().replace("_", "-"), source, settings)
+            settings = ServingSettings(**{"tracking_uri": tracking_uri or None, **serving})
+            version = alias_version(model, tracking_uri or None)
+            url = deploy(model, settings, version)
             token = os.environ.get("DUOGEN_AUTH_TOKEN")
             headers = {"Authorization": f"Bearer {token}"} if token else None
             answer = ask(url, out / "answer.html", f"DuoGen answers over HTTP ({url})", seed, headers=headers)
-            answer["storage_uri"] = source
+            answer["version"] = version
         tags = {"model": model, "answer": answer["text"][:500], "url": answer["url"]}
         run = log_step(
             tracking_uri,
