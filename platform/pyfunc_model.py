@@ -17,6 +17,7 @@ import mlflow.pyfunc
 
 INPUT_EXAMPLE = {"prompt": ["How do I move the red circle to the right?"], "image": [""]}
 PARAMS = {"seed": 0, "max_new_tokens": 128, "max_images": 4}
+EXAMPLE_PARAMS = {"seed": 0, "max_new_tokens": 24, "max_images": 1}  # MLflow runs the example at logging
 
 
 def signature():

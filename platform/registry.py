@@ -95,7 +95,7 @@ def _log_pyfunc(mlflow, pair_dir: Path):
         python_model=pyfunc_model.PairModel(),
         artifacts={"pair": str(pair_dir)},
         signature=pyfunc_model.signature(),
-        input_example=(pd.DataFrame(pyfunc_model.INPUT_EXAMPLE), pyfunc_model.PARAMS),
+        input_example=(pd.DataFrame(pyfunc_model.INPUT_EXAMPLE), pyfunc_model.EXAMPLE_PARAMS),
         pip_requirements=[f"duogen=={version('duogen')}"],
     )
 

@@ -1,7 +1,8 @@
 """The registry as the chart runs it: a real `mlflow server --serve-artifacts --artifacts-destination
 s3://duogen/mlflow` process (sqlite backend) over a real S3 (SeaweedFS), both on 127.0.0.1.
 
-- A registered pair is an MLflow pyfunc model: `mlflow.pyfunc.load_model("models:/NAME@ALIAS")` answers.
+- A registered pair is an MLflow pyfunc model: `mlflow.pyfunc.load_model("models:/NAME@ALIAS")` answers,
+  and so does `mlflow models serve`.
 - The storage URI the deploy path hands KServe is one KServe's own storage initializer code fetches
   (`kserve_storage.Storage.download`, kserve-storage 0.21.0, the package the `kserve-storage-initializer`
   image runs), and the predictor loads what it wrote; the raw `mlflow-artifacts:/` location is refused by
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -189,3 +191,49 @@ def _served_version(server, deadline: float, other_than: str | None = None) -> s
             pass
         time.sleep(0.5)
     raise AssertionError(f"no new version served within {deadline} s:\n{server.log.read_text()[-2000:]}")
+
+
+def test_mlflow_models_serve_runs_the_registered_version(release, champion, tmp_path):
+    """MLflow's own model server (`mlflow models serve -m models:/NAME@ALIAS --env-manager local`, in this
+    environment) answers `/invocations`. Fails when the pyfunc cannot be loaded outside DuoGen's predictor
+    (a pickled closure, a missing artifact) or its signature refuses the documented request."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": release.url,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # its uvicorn
+    }
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        "models:/duogen-toy@champion",
+    ]
+    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    log = tmp_path / "serve.log"
+    server = subprocess.Popen(
+        command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow models serve did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        body = {
+            "dataframe_split": {"columns": ["prompt", "image"], "data": [["Draw a red circle.", ""]]},
+            "params": {"max_new_tokens": 6},
+        }
+        reply = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=120)
+        assert reply.status_code == 200, reply.text
+        (prediction,) = reply.json()["predictions"]
+        assert set(prediction) == {"text", "images"} and isinstance(json.loads(prediction["images"]), list)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
