@@ -42,10 +42,27 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The S3 endpoint every client uses: the bundled MinIO's Service, or the external one. */}}
 {{- define "duogen.s3Endpoint" -}}
-{{- if .Values.minio.enabled }}
+{{- if eq .Values.s3.provider "minio" }}
 {{- printf "http://%s.%s.svc.cluster.local:9000" (include "duogen.minioService" .) .Release.Namespace }}
 {{- else }}
-{{- required "s3.endpoint is required when minio.enabled is false" .Values.s3.endpoint }}
+{{- required "s3.endpoint is required when s3.provider is external" .Values.s3.endpoint }}
+{{- end }}
+{{- end }}
+
+{{/* The namespace KFP runs the pipeline's pods in (standalone KFP: `kubeflow`; multi-user: the profile
+     namespace, which must be the release's). */}}
+{{- define "duogen.runnerNamespace" -}}
+{{- $ns := .Values.pipeline.runner.namespace | default .Release.Namespace }}
+{{- if and .Values.pipeline.multiUser (ne $ns .Release.Namespace) }}
+{{- fail (printf "pipeline.multiUser: multi-user Kubeflow runs pipeline pods in the profile namespace as default-editor; install the release in that namespace and set pipeline.runner.namespace=%s (it is %q)" .Release.Namespace $ns) }}
+{{- end }}
+{{- $ns }}
+{{- end }}
+
+{{/* Fails unless the chart may generate a credential: (dict "ctx" $ "value" "s3.existingSecret" "holds" "...") */}}
+{{- define "duogen.mayGenerate" -}}
+{{- if not .ctx.Values.secrets.generate }}
+{{- fail (printf "secrets.generate is false (GitOps: no credential is generated): set %s to an existing Secret with %s" .value .holds) }}
 {{- end }}
 {{- end }}
 
@@ -58,7 +75,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/* A generated credential kept across upgrades: the live Secret's value when it exists, else a new one.
-     (dict "ctx" $ "secret" NAME "key" KEY "length" N) */}}
+     (dict "ctx" $ "secret" NAME "key" KEY "length" N). `lookup` answers nothing under `helm template` or
+     Argo CD, so there every render draws anew: those set secrets.generate=false and bring Secrets. */}}
 {{- define "duogen.keptRandom" -}}
 {{- $live := lookup "v1" "Secret" .ctx.Release.Namespace .secret }}
 {{- if and $live $live.data (hasKey $live.data .key) }}
@@ -68,7 +86,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* Pod-level security: non-root, seccomp RuntimeDefault. Argument: the UID. */}}
+{{/* Pod-level security: non-root, seccomp RuntimeDefault. Argument: the UID. (Knative, i.e. KServe's
+     Serverless mode, rejects a pod securityContext by default: see serving.yaml.) */}}
 {{- define "duogen.podSecurityContext" -}}
 runAsNonRoot: true
 runAsUser: {{ . }}
@@ -100,4 +119,43 @@ imagePullSecrets:
 
 {{- define "duogen.postgresSecret" -}}
 {{- .Values.mlflow.postgres.existingSecret | default (printf "%s-postgres" (include "duogen.mlflowService" .)) }}
+{{- end }}
+
+{{/* Container-level security with the UID: what Knative's default feature flags allow in place of a pod
+     securityContext (knative/serving v1.15.2 pkg/apis/serving/fieldmask.go SecurityContextMask). */}}
+{{- define "duogen.containerSecurityContextWithUser" -}}
+{{ include "duogen.containerSecurityContext" .ctx }}
+runAsUser: {{ .uid }}
+runAsGroup: {{ .uid }}
+{{- end }}
+
+{{/* Who may reach MLflow and MinIO: this namespace's pods (training, predictor, storage initializer, the
+     pipeline's pods under multi-user KFP) and, when KFP runs the pipeline's pods elsewhere (standalone KFP:
+     `kubeflow`), that namespace's pods. */}}
+{{- define "duogen.clientPeers" -}}
+- podSelector: {}
+{{- $runnerNs := include "duogen.runnerNamespace" . }}
+{{- if ne $runnerNs .Release.Namespace }}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ $runnerNs }}
+{{- end }}
+{{- end }}
+
+{{/* MLflow's backend store URI (and the password it expands), for the server and its db-upgrade step. */}}
+{{- define "duogen.mlflowBackendEnv" -}}
+{{- if eq .Values.mlflow.backend "sqlite" }}
+- name: MLFLOW_BACKEND_STORE_URI
+  value: sqlite:////var/lib/mlflow/mlflow.db
+{{- else if .Values.mlflow.postgres.bundled }}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ include "duogen.postgresSecret" . }}, key: password}
+- name: MLFLOW_BACKEND_STORE_URI
+  value: postgresql://mlflow:$(PGPASSWORD)@{{ include "duogen.mlflowService" . }}-postgres:5432/mlflow
+{{- else }}
+- name: MLFLOW_BACKEND_STORE_URI
+  valueFrom:
+    secretKeyRef: {name: {{ required "mlflow.postgres.existingSecret (key uri) is required for an external Postgres" .Values.mlflow.postgres.existingSecret }}, key: uri}
+{{- end }}
 {{- end }}
