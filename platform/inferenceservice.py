@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from kubernetes import client as k8s
@@ -47,6 +47,10 @@ class ServingSettings:
     ready_timeout: float = 1800.0
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # KFP hands dict parameters back with every number a float (60 -> 60.0)
+            value = getattr(self, f.name)
+            if f.type == "int" and isinstance(value, float) and value.is_integer():
+                setattr(self, f.name, int(value))
         if self.deployment_mode not in MODES:
             raise DuoGenInputError(f"deployment_mode must be one of {MODES}, got {self.deployment_mode!r}")
 

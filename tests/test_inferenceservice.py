@@ -62,6 +62,9 @@ def test_the_inferenceservice_serves_the_alias_and_carries_the_serving_settings(
     assert (predictor["minReplicas"], predictor["maxReplicas"], predictor["timeout"]) == (1, 3, 300)
     assert predictor["serviceAccountName"] == "duogen-s3"
     assert policy_violations([isvc]) == []  # non-root pods, resources, the token only from its Secret
+    from_kfp = as_dict(build("models:/m@a", ServingSettings(reload_interval=30.0, max_replicas=2.0)))
+    assert from_kfp["spec"]["predictor"]["model"]["args"][1] == "--reload-interval=30"  # KFP's 30.0
+    assert from_kfp["spec"]["predictor"]["maxReplicas"] == 2
     pinned = as_dict(build("s3://models/duogen/1/artifacts", s))["spec"]["predictor"]["model"]
     assert pinned["storageUri"] == "s3://models/duogen/1/artifacts" and "args" not in pinned
     bad = json.loads(json.dumps(isvc))

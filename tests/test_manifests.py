@@ -158,7 +158,7 @@ def test_the_manifests_runtime_is_the_charts():
     )
     (base_runtime,) = [o for o in kustomize("base") if o["kind"] == "ServingRuntime"]
     a, b = chart_runtime["spec"]["containers"][0], base_runtime["spec"]["containers"][0]
-    for key in ("name", "command", "ports", "securityContext", "readinessProbe"):
+    for key in ("name", "command", "ports", "securityContext", "readinessProbe", "livenessProbe"):
         assert a[key] == b[key], key
     assert a["args"] == b["args"]
     assert chart_runtime["spec"]["supportedModelFormats"] == base_runtime["spec"]["supportedModelFormats"]
