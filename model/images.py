@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import Any
 
 from PIL import Image
@@ -29,3 +31,14 @@ def to_rgb(img: Any) -> Image.Image:
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def png_base64(image: Image.Image) -> str:
+    """The image as base64 PNG text (JSON answers, data URLs)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def png_data_url(image: Image.Image) -> str:
+    return "data:image/png;base64," + png_base64(image)

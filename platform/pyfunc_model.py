@@ -30,12 +30,6 @@ def signature():
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
-def png_base64(image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 class PairModel(mlflow.pyfunc.PythonModel):
     """The pair behind MLflow's pyfunc interface (CPU, float32: MLflow serving has no device flags)."""
 
@@ -49,6 +43,7 @@ class PairModel(mlflow.pyfunc.PythonModel):
         from PIL import Image
 
         from duogen.model.generate import Answer, GenerationOptions, generate
+        from duogen.model.images import png_base64
 
         settings = {**PARAMS, **(params or {})}
         rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)

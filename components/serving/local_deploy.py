@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from duogen.model.images import png_data_url
 from duogen.platform.launch import free_port
 
 
@@ -29,10 +30,7 @@ def _request_body(seed: int, max_images: int) -> tuple[dict, list]:
             content.append({"type": "input_text", "text": part["text"]})
             user_parts.append(part["text"])
         else:
-            buf = io.BytesIO()
-            part["image"].save(buf, format="PNG")
-            url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-            content.append({"type": "input_image", "image_url": url})
+            content.append({"type": "input_image", "image_url": png_data_url(part["image"])})
             user_parts.append(part["image"])
     body = {"model": "duogen", "input": [{"role": "user", "content": content}], "max_output_tokens": 160}
     return body | {"seed": seed, "max_images": max_images}, user_parts

@@ -14,8 +14,7 @@ import time
 import uuid
 
 from duogen.model.generate import Finished, ImageDone, ImageStarted, TextDelta, Usage
-
-from .predictor import png_base64
+from duogen.model.images import png_base64
 
 FINISH = {"stop": "stop", "length": "length", "context": "length"}
 

@@ -11,8 +11,6 @@ path and returns the whole answer. The OpenAI routes (`openai_routes.py`) are pr
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import sys
 import time
@@ -24,6 +22,7 @@ from pydantic import ValidationError
 
 from duogen.model.errors import DuoGenInputError
 from duogen.model.generate import Answer, GenerationOptions
+from duogen.model.images import png_base64
 from duogen.model.pair import DuoGenPair
 from duogen.platform.model_store import alias_version, local_pair_dir
 
@@ -54,12 +53,6 @@ class PredictorSettings:
     reload_interval: float = 0.0  # seconds between checks of a `models:/NAME@ALIAS`'s version (0: never)
     engine: EngineSettings = field(default_factory=EngineSettings)
     limits: ImageLimits = field(default_factory=ImageLimits)
-
-
-def png_base64(image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 class DuoGenPredictor(kserve.Model):
