@@ -114,3 +114,12 @@ def test_an_mlflow_alias_resolves_to_the_registered_pair(saved_pair, tmp_path, m
     _same_files(saved_pair, local)
     with pytest.raises(DuoGenInputError, match="duogen@nobody"):
         local_pair_dir("models:/duogen@nobody", cache=tmp_path / "cache")
+
+
+def test_the_dtype_flag_offers_exactly_the_predictors_dtypes():
+    """`--dtype` choices are spelt out in arguments.py so that `duogen --help` does not import torch; fails
+    when a dtype is added to the predictor and not to the flag (or the other way round)."""
+    from duogen.components.serving.arguments import DTYPE_NAMES
+    from duogen.components.serving.predictor import DTYPES
+
+    assert sorted(DTYPE_NAMES) == sorted(DTYPES)

@@ -64,10 +64,9 @@ def settings_from_args(args: argparse.Namespace):
     """The server's settings (a `server.ServeSettings`) from the parsed flags."""
     from .engine import EngineSettings
     from .inputs import ImageLimits
-    from .predictor import DTYPES, PredictorSettings
+    from .predictor import PredictorSettings
     from .server import ServeSettings, read_token
 
-    assert set(DTYPE_NAMES) == set(DTYPES), "the flag's choices and the predictor's dtypes must agree"
     predictor = PredictorSettings(
         model=args.model,
         name=args.name,
