@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from duogen.platform.key_value import split_items
+
 
 @dataclass
 class TrainConfig:
@@ -167,10 +169,7 @@ def load_config(
         data |= _read(Path(path))
     fields = TrainConfig.__dataclass_fields__
     unknown = sorted(set(data) - set(fields))
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not key=value")
+    for key, value in split_items(overrides, "override", "key", "value"):
         if key not in fields:
             unknown.append(key)
             continue

@@ -9,11 +9,14 @@ import json
 
 def _set(items: list[str] | None) -> dict:
     """`--set key=value` pipeline arguments; values are JSON when they parse (numbers, lists, dicts)."""
+    from duogen.platform.key_value import split_items
+
     out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"duogen pipeline: error: --set {item!r} is not KEY=VALUE")
+    try:
+        pairs = split_items(items, "--set")
+    except ValueError as err:
+        raise SystemExit(f"duogen pipeline: error: {err}") from None
+    for key, value in pairs:
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:

@@ -10,17 +10,18 @@ def cmd_promote(args: argparse.Namespace) -> int:
     """Move an alias to a version if every gate (`--gate metric=threshold`, metric >= threshold, read from
     the metrics of the run that registered the version) passes; the decision is recorded either way. Exit 1
     when rejected."""
+    from duogen.platform.key_value import split_items
     from duogen.platform.registry import promote
 
     gates = {}
-    for item in args.gate or []:
-        metric, sep, value = item.partition("=")
-        try:
-            gates[metric] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise SystemExit(f"duogen registry promote: error: --gate {item!r} is not METRIC=NUMBER")
+    try:
+        for metric, value in split_items(args.gate, "--gate", "METRIC", "NUMBER"):
+            try:
+                gates[metric] = float(value)
+            except ValueError:
+                raise ValueError(f"--gate '{metric}={value}' is not METRIC=NUMBER") from None
+    except ValueError as err:
+        raise SystemExit(f"duogen registry promote: error: {err}") from None
     decision = promote(args.model, args.version, args.alias, gates, args.tracking_uri)
     print(json.dumps(decision.to_dict()))
     return 0 if decision.promoted else 1
