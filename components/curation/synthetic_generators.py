@@ -34,8 +34,8 @@ from duogen.components.toyworld.world import (
     Swap,
     Task,
     WorldConfig,
-    _region,
     apply,
+    region_name,
 )
 from duogen.platform.llm import image_data_url
 
@@ -178,7 +178,7 @@ def _realise(steps: list[tuple], rng: random.Random, cfg: WorldConfig) -> Task:
             for _ in range(100):
                 x = rng.randint(size // 2, cfg.width - size + size // 2)
                 y = rng.randint(size // 2, cfg.height - size + size // 2)
-                if not st[4] or _region(x, y, cfg.width, cfg.height) == st[4]:
+                if not st[4] or region_name(x, y, cfg.width, cfg.height) == st[4]:
                     break
             action: Action = Add(Shape(st[3], st[2], x, y, size))
             last = f"{st[2]} {st[3]}"

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from duogen.components.toyworld import Add, Task, compare, find_shapes, scene_consistency, touched_indices
-from duogen.components.toyworld.world import Scene, WorldConfig, _region
+from duogen.components.toyworld.world import Scene, WorldConfig, region_name
 
 METRICS = ("t_com", "i_com", "it_co", "i_co", "i_q")
 STEP = re.compile(r"Step\s*(\d+)\s*:\s*")
@@ -60,12 +60,12 @@ def judge_step(before: Scene, after: Scene, action, found, cfg: WorldConfig) -> 
         rest = type(after)(tuple(s for s in after.shapes if s != new), after.width, after.height)
         result = compare(rest, found)
         extra = result["extra"]
-        region = _region(new.x, new.y, after.width, after.height)
+        region = region_name(new.x, new.y, after.width, after.height)
         ok = (
             result["score"] == 1.0
             and len(extra) == 1
             and (extra[0].kind, extra[0].colour, extra[0].size) == (new.kind, new.colour, new.size)
-            and _region(extra[0].x, extra[0].y, after.width, after.height) == region
+            and region_name(extra[0].x, extra[0].y, after.width, after.height) == region
         )
     else:
         ok = strict_ok

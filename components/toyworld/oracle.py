@@ -23,8 +23,8 @@ from duogen.components.toyworld.world import (
     Shape,
     Swap,
     WorldConfig,
-    _region,
     describe,
+    region_name,
 )
 
 
@@ -47,7 +47,7 @@ def shapes_in(image: Image.Image | np.ndarray, cfg: WorldConfig | None = None) -
 
 
 def _where(s: Shape, cfg: WorldConfig) -> str:
-    region = _region(s.x, s.y, cfg.width, cfg.height)
+    region = region_name(s.x, s.y, cfg.width, cfg.height)
     return "in the centre" if region == "centre" else f"at the {region}"
 
 

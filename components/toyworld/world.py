@@ -212,7 +212,7 @@ def apply(scene: Scene, action: Action, cfg: WorldConfig | None = None) -> Scene
     return out
 
 
-def _region(x: int, y: int, width: int, height: int) -> str:
+def region_name(x: int, y: int, width: int, height: int) -> str:
     col = ("left", "", "right")[min(2, 3 * x // width)]
     row = ("top", "", "bottom")[min(2, 3 * y // height)]
     return f"{row} {col}".strip() or "centre"
@@ -236,9 +236,8 @@ def describe(action: Action, scene: Scene, cfg: WorldConfig | None = None) -> st
         return f"Make the {_check_index(scene, action.index).name} {action.colour}."
     if isinstance(action, Add):
         s = action.shape
-        return (
-            f"Add a {cfg.size_name(s.size)} {s.name} at the {_region(s.x, s.y, scene.width, scene.height)}."
-        )
+        where = region_name(s.x, s.y, scene.width, scene.height)
+        return f"Add a {cfg.size_name(s.size)} {s.name} at the {where}."
     if isinstance(action, Remove):
         return f"Remove the {_check_index(scene, action.index).name}."
     if isinstance(action, Resize):

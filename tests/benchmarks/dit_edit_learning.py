@@ -51,7 +51,7 @@ from duogen.components.toyworld import (
     random_task,
     render,
 )
-from duogen.components.toyworld.world import ACTION_KINDS, _region
+from duogen.components.toyworld.world import ACTION_KINDS, region_name
 from duogen.components.training.pretrain_data import DialogueData, Edit
 from duogen.model.flow import TrainingExample, flow_matching_loss
 from duogen.model.pair import DuoGenPair
@@ -70,7 +70,7 @@ def oracle_stream(task: Task, world: WorldConfig, dim: int) -> torch.Tensor:
     slots = [f"action:{type(action).__name__}"]
     if isinstance(action, Add):
         s = action.shape
-        where = _region(s.x, s.y, scene.width, scene.height)
+        where = region_name(s.x, s.y, scene.width, scene.height)
         slots += [f"add-kind:{s.kind}", f"add-colour:{s.colour}", f"add-size:{s.size}", f"add-region:{where}"]
     else:
         first = scene.shapes[action.i if isinstance(action, Swap) else action.index]
