@@ -122,6 +122,16 @@ class Answer:
         return [p for p in self.parts if not isinstance(p, str)]
 
 
+def generate_answer(pair, conversation, options: GenerationOptions | None = None, on_event=None) -> Answer:
+    """The whole answer of `generate`, collected; `on_event(event)` sees each event as it comes (progress)."""
+    answer = Answer()
+    for event in generate(pair, conversation, options):
+        answer.add(event)
+        if on_event is not None:
+            on_event(event)
+    return answer
+
+
 def pick_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
     if temperature <= 0:
         return int(logits.argmax())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 from PIL import Image
@@ -42,35 +41,3 @@ def write_page(turns: list[tuple[str, list[str | Image.Image]]], out: str | Path
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(body)}</body></html>"
     )
     return page
-
-
-def write_answer(pair, conversation, user_parts: list, options, out: Path, title: str, quiet: bool) -> dict:
-    """Run the interleaved loop with a progress bar, write the page; return a summary (also as JSON)."""
-    from tqdm import tqdm
-
-    from duogen.model.generate import Answer, ImageDone, ImageStarted, TextDelta, generate
-
-    answer = Answer()
-    with tqdm(total=options.max_new_tokens, desc="generating", unit="tok", disable=quiet) as bar:
-        for event in generate(pair, conversation, options):
-            answer.add(event)
-            if isinstance(event, TextDelta | ImageStarted):
-                bar.update(1)
-            if isinstance(event, ImageStarted):
-                bar.set_postfix_str(f"drawing image {event.index + 1}")
-            elif isinstance(event, ImageDone):
-                bar.set_postfix_str(f"{event.index + 1} image(s) drawn")
-    page = write_page([("user", user_parts), ("assistant", answer.parts)], out, title)
-    finished = answer.finished
-    usage = finished.usage
-    summary = {
-        "page": str(page),
-        "images": usage.images,
-        "new_tokens": usage.new_tokens,
-        "finish_reason": finished.reason,
-        "vae_encodes": usage.vae_encodes,
-        "mllm_prefill_tokens": usage.mllm_prefill_tokens,
-        "dit_seconds": round(usage.dit_seconds, 3),
-    }
-    page.with_suffix(".json").write_text(json.dumps(summary, indent=2))
-    return summary

@@ -42,7 +42,7 @@ class PairModel(mlflow.pyfunc.PythonModel):
         import pandas as pd
         from PIL import Image
 
-        from duogen.model.generate import Answer, GenerationOptions, generate
+        from duogen.model.generate import GenerationOptions, generate_answer
         from duogen.model.images import png_base64
 
         settings = {**PARAMS, **(params or {})}
@@ -58,8 +58,6 @@ class PairModel(mlflow.pyfunc.PythonModel):
                 max_new_tokens=int(settings["max_new_tokens"]),
                 max_images=int(settings["max_images"]),
             )
-            answer = Answer()
-            for event in generate(self.pair, [{"role": "user", "content": content}], options):
-                answer.add(event)
+            answer = generate_answer(self.pair, [{"role": "user", "content": content}], options)
             out.append({"text": answer.text, "images": json.dumps([png_base64(i) for i in answer.images])})
         return pd.DataFrame(out, columns=["text", "images"])

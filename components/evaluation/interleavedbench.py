@@ -115,12 +115,9 @@ def answer_instances(
 
 def pair_answerer(pair, options) -> Callable[[list[dict]], list[str | Image.Image]]:
     """The pair's own interleaved answer, collected with `Answer`."""
-    from duogen.model.generate import Answer, generate
+    from duogen.model.generate import generate_answer
 
     def answer(conversation: list[dict]) -> list[str | Image.Image]:
-        collected = Answer()
-        for event in generate(pair, conversation, options):
-            collected.add(event)
-        return collected.parts
+        return generate_answer(pair, conversation, options).parts
 
     return answer

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from PIL import Image
 
 from duogen.components.toyworld import Shape, WorldConfig, find_shapes
-from duogen.model.generate import Answer, GenerationOptions, generate
+from duogen.model.generate import GenerationOptions, generate_answer
 
 from .toyworld_judge import bootstrap_ci
 
@@ -106,10 +106,7 @@ def evaluate_t2i(
         options = GenerationOptions(
             max_new_tokens=1, max_images=1, force_bov=True, image_size=size, seed=seed + i
         )
-        answer = Answer()
-        for event in generate(pair, [{"role": "user", "content": item["prompt"]}], options):
-            answer.add(event)
-        picture = answer.images[0]
+        picture = generate_answer(pair, [{"role": "user", "content": item["prompt"]}], options).images[0]
         shapes = detector(picture)
         records.append(
             item

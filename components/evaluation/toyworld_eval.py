@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 
 from duogen.components.toyworld import Task, WorldConfig, random_task, render
-from duogen.model.generate import Answer, GenerationOptions, generate
+from duogen.model.generate import GenerationOptions, generate_answer
 
 from .toyworld_judge import judge_answer, summarise
 
@@ -79,9 +79,7 @@ def evaluate_free_running(pair, cfg: ToyEvalConfig, progress=None) -> dict:
     records = []
     for i, task in enumerate(held_out_tasks(cfg.tasks, steps, cfg.seed)):
         conversation = task_request(task, form=cfg.form, key=cfg.seed + i)
-        answer = Answer()
-        for event in generate(pair, conversation, cfg.options(len(task.actions))):
-            answer.add(event)
+        answer = generate_answer(pair, conversation, cfg.options(len(task.actions)))
         parts = answer.parts
         record = judge_answer(task, parts)
         record.update(

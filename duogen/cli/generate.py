@@ -29,13 +29,45 @@ def _options(args: argparse.Namespace):
     )
 
 
+def write_answer(pair, conversation, user_parts: list, options, out: Path, title: str, quiet: bool) -> dict:
+    """Run the interleaved loop with a progress bar, write the page; return a summary (also as JSON)."""
+    from tqdm import tqdm
+
+    from duogen.model.generate import ImageDone, ImageStarted, TextDelta, generate_answer
+    from duogen.platform.html_page import write_page
+
+    with tqdm(total=options.max_new_tokens, desc="generating", unit="tok", disable=quiet) as bar:
+
+        def progress(event) -> None:
+            if isinstance(event, TextDelta | ImageStarted):
+                bar.update(1)
+            if isinstance(event, ImageStarted):
+                bar.set_postfix_str(f"drawing image {event.index + 1}")
+            elif isinstance(event, ImageDone):
+                bar.set_postfix_str(f"{event.index + 1} image(s) drawn")
+
+        answer = generate_answer(pair, conversation, options, on_event=progress)
+    page = write_page([("user", user_parts), ("assistant", answer.parts)], out, title)
+    usage = answer.finished.usage
+    summary = {
+        "page": str(page),
+        "images": usage.images,
+        "new_tokens": usage.new_tokens,
+        "finish_reason": answer.finished.reason,
+        "vae_encodes": usage.vae_encodes,
+        "mllm_prefill_tokens": usage.mllm_prefill_tokens,
+        "dit_seconds": round(usage.dit_seconds, 3),
+    }
+    page.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build the tiny pair (or load --model), run one interleaved generation, write an HTML page."""
     import torch
 
     from duogen.model.pair import DuoGenPair
     from duogen.model.presets import get_preset
-    from duogen.platform.html_page import write_answer
 
     torch.manual_seed(args.seed)
     out = Path(args.out)
@@ -64,7 +96,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from duogen.model.errors import DuoGenInputError
     from duogen.model.pair import DuoGenPair
-    from duogen.platform.html_page import write_answer
 
     images = []
     for path in args.image or []:
