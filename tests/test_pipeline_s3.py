@@ -47,6 +47,6 @@ def test_every_artifact_of_a_run_is_in_object_storage(tmp_path):
         import mlflow
 
         client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-        version = client.get_model_version("duogen-toy", "1")
-        assert version.source.startswith("s3://runs/mlflow/")
-        assert fs.exists(version.source.removeprefix("s3://") + "/duogen_config.json")
+        files = client.get_model_version_download_uri("duogen-toy", "1")  # the pyfunc model's folder
+        assert files.startswith("s3://runs/mlflow/") and fs.exists(files.removeprefix("s3://") + "/MLmodel")
+        assert fs.glob(files.removeprefix("s3://") + "/artifacts/*/duogen_config.json")  # its `pair`
