@@ -29,4 +29,4 @@ RUN pip install -c constraints.txt --index-url https://download.pytorch.org/whl/
 # The chart mounts /tmp (HOME, caches) as an emptyDir under a read-only root; KServe mounts /mnt/models.
 USER 10001
 EXPOSE 8080 5000
-CMD ["python", "-m", "duogen.components.serving", "--host", "0.0.0.0", "--port", "8080"]
+CMD ["duogen", "serve", "--host", "0.0.0.0", "--port", "8080"]

@@ -35,4 +35,4 @@ RUN python images/base_requirements.py requirements --provided torch nvidia- tra
 
 USER 10001
 EXPOSE 8080
-CMD ["python", "-m", "duogen.components.serving", "--host", "0.0.0.0", "--port", "8080", "--device", "cuda", "--dtype", "bfloat16"]
+CMD ["duogen", "serve", "--host", "0.0.0.0", "--port", "8080", "--device", "cuda", "--dtype", "bfloat16"]

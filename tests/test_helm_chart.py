@@ -209,12 +209,11 @@ def test_containers_run_commands_that_exist_with_flags_their_programs_accept():
     assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
 
-    from duogen.components.serving.__main__ import main as serve_main  # noqa: F401 (the runtime's module)
     from duogen.components.serving.arguments import add_arguments
 
     runtime = by_kind(objects, "ServingRuntime")["duogen"]
     (container,) = runtime["spec"]["containers"]
-    assert container["command"] == ["python", "-m", "duogen.components.serving"]
+    assert container["command"] == ["duogen", "serve"]
     parser = argparse.ArgumentParser(exit_on_error=False)
     add_arguments(parser)
     isvc = by_kind(objects, "InferenceService")["duogen"]

@@ -39,10 +39,10 @@ def _serve_args(cmd: str):
     from duogen.components.serving.arguments import add_arguments
 
     argv = yaml.safe_load(cmd)
-    assert argv[:3] == ["python", "-m", "duogen.components.serving"]
+    assert argv[:2] == ["duogen", "serve"]
     parser = argparse.ArgumentParser(exit_on_error=False)
     add_arguments(parser)
-    return parser.parse_args(argv[3:])
+    return parser.parse_args(argv[2:])
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The InferenceService's own command (`python -m duogen.components.serving`) with a bearer token from a
+"""The InferenceService's own command (`duogen serve`) with a bearer token from a
 file (a mounted Secret) and a queue of one: auth on, probes open, 429 with Retry-After when full; and
 readiness false until the pair is loaded."""
 
@@ -28,9 +28,8 @@ def server(tmp_path_factory):
     DuoGenPair.build(get_preset("tiny"), seed=0).save_pretrained(root / "pair")
     (root / "token").write_text(TOKEN + "\n")
     command = [
-        sys.executable,
-        "-m",
-        "duogen.components.serving",
+        str(Path(sys.executable).parent / "duogen"),
+        "serve",
         "--model",
         str(root / "pair"),
         "--auth-token-file",

@@ -22,7 +22,7 @@ def deploy(
     settings: name, namespace, deployment_mode, runtime, service_account, gpus, auth_secret, ...)."""
     import os
 
-    from duogen.components.serving.local_deploy import ask, serve_and_ask
+    from duogen.components.pipeline.local_deploy import ask, serve_and_ask
     from duogen.platform import storage
     from duogen.platform.steps import once, run_identity, scratch, step_uri
     from duogen.platform.tracking import log_step

@@ -1,5 +1,4 @@
-"""The server's command-line options, shared by `duogen serve` and `python -m duogen.components.serving`
-(the InferenceService's container command), so both take the same flags."""
+"""The server's command-line options (`duogen serve`, also the InferenceService container's command)."""
 
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ def serve_and_ask(
     page = Path(page)
     page.parent.mkdir(parents=True, exist_ok=True)
     log = page.with_suffix(".server.log")
-    command = [sys.executable, "-m", "duogen.components.serving", "--model", model, "--port", str(port)]
+    command = [sys.executable, "-m", "duogen.cli", "serve", "--model", model, "--port", str(port)]
     with open(log, "w") as out:
         proc = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
