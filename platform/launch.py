@@ -68,10 +68,3 @@ def torchrun(
             signal.signal(signal.SIGTERM, previous)
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
-
-def train_argv(stage: str, config: str | None = None, sets=(), quiet: bool = False) -> list[str]:
-    """`duogen train ...` as torchrun's program arguments: what every local process runs."""
-    argv = ["-m", "duogen.cli", "train", stage]
-    argv += ["--config", str(config)] if config else []
-    argv += [f"--set={item}" for item in sets]
-    return argv + (["--quiet"] if quiet else [])

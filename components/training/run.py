@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from duogen.platform import storage
-from duogen.platform.launch import torchrun, train_argv
+from duogen.platform.launch import torchrun
 
 from .config import TrainConfig
 from .loop import Trainer, TrainResult
@@ -63,7 +63,8 @@ def train(cfg: TrainConfig, nproc: int = 1, progress: bool = True) -> tuple[Trai
     out.mkdir(parents=True, exist_ok=True)
     config = out / "train_config.json"
     config.write_text(json.dumps(cfg.to_dict(), indent=2))
-    argv = train_argv(cfg.stage, str(config), quiet=not progress)
+    argv = ["-m", "duogen.cli", "train", cfg.stage, "--config", str(config)]  # what a PyTorchJob's pods run
+    argv += ["--quiet"] if not progress else []
     written = storage.read_text(cfg.result)
     proc = torchrun(argv, nproc, capture="stdout")  # rank 0's progress bar and log lines stream through
     text = storage.read_text(cfg.result)
