@@ -1,115 +1,31 @@
-"""Deploying on the cluster: the promoted pair served by a KServe InferenceService, through the kserve SDK.
+"""Deploying on the cluster: roll the promoted version out on the chart's InferenceService, through the
+kserve SDK.
 
-The InferenceService names the project's ServingRuntime (`duogen`, installed by the chart) and serves the
-registry alias itself: the predictor runs with `--model models:/NAME@ALIAS` (no storage initializer: none
-can read an alias, and the MLflow server proxies the artifacts), loads the version the alias points at and
-follows it (`--reload-interval`). Deploying a newly promoted version therefore rolls out the chart's
-InferenceService (`ServingSettings.name`): a patch of its predictor's pod annotation
-`duogen.dev/model-version` starts new pods in both deployment modes; the step waits until the controller
-has seen that generation and reports Ready, and fails naming the last not-ready condition. Without a
-chart the step creates the service. An `s3://` folder (a pinned pair) goes to KServe's storage
-initializer as `storageUri` instead.
+The InferenceService and its ServingRuntime are defined once, by the chart (`helm/duogen/templates/
+serving.yaml`; `manifests/base` holds a rendering of them, `scripts/render_manifests.py`): the predictor
+serves the registry alias itself (`--model models:/NAME@ALIAS`: no storage initializer, none reads an
+alias, and the MLflow server proxies the artifacts) and follows it (`--reload-interval`). Deploying a newly
+promoted version is therefore a rollout of that service (`ServingSettings.name`): a JSON merge patch of its
+predictor's pod annotation `duogen.dev/model-version` starts new pods in RawDeployment and Serverless mode
+alike and changes nothing else; the step waits until the controller has seen that generation and reports
+Ready, and fails naming the last not-ready condition. A missing service is an error that says to install
+the chart.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, fields
-from typing import Any
-
-from kubernetes import client as k8s
-
-from duogen.model.errors import DuoGenInputError
-
-from .k8s_security import pod_security
+from dataclasses import dataclass
 
 VERSION_ANNOTATION = "duogen.dev/model-version"
-MODES = ("RawDeployment", "Serverless")
 
 
 @dataclass
 class ServingSettings:
-    name: str = "duogen"  # the InferenceService (the chart's `serving.name`)
-    namespace: str = "duogen"
-    deployment_mode: str = "RawDeployment"  # or Serverless (Knative): no pod-level security context then
-    runtime: str = "duogen"
-    service_account: str | None = "duogen-s3"
-    gpus: int = 0
-    cpu: str = "4"
-    memory: str = "16Gi"
-    min_replicas: int = 1
-    max_replicas: int = 1
-    timeout: int = 300  # seconds per request (KServe's component timeout)
-    auth_secret: str | None = None  # a Secret with key `token`: clients send `Authorization: Bearer <token>`
-    tracking_uri: str | None = None  # the MLflow the predictor resolves the alias with (default: the step's)
-    reload_interval: int = 60  # seconds between the predictor's checks of the alias
+    name: str = "duogen"  # the chart's InferenceService (`serving.name`)
+    namespace: str = "duogen"  # the release's namespace
     ready_timeout: float = 1800.0
-
-    def __post_init__(self) -> None:
-        for f in fields(self):  # KFP hands dict parameters back with every number a float (60 -> 60.0)
-            value = getattr(self, f.name)
-            if f.type == "int" and isinstance(value, float) and value.is_integer():
-                setattr(self, f.name, int(value))
-        if self.deployment_mode not in MODES:
-            raise DuoGenInputError(f"deployment_mode must be one of {MODES}, got {self.deployment_mode!r}")
-
-
-def build(model_uri: str, s: ServingSettings):
-    """The InferenceService serving `model_uri`: a `models:/NAME@ALIAS` (the predictor follows it) or an
-    `s3://` folder (KServe's storage initializer fetches it)."""
-    from kserve import (
-        V1beta1InferenceService,
-        V1beta1InferenceServiceSpec,
-        V1beta1ModelFormat,
-        V1beta1ModelSpec,
-        V1beta1PredictorSpec,
-    )
-
-    limits = {"cpu": s.cpu, "memory": s.memory}
-    if s.gpus:
-        limits["nvidia.com/gpu"] = str(s.gpus)
-    env = []
-    if s.tracking_uri:
-        env.append(k8s.V1EnvVar(name="MLFLOW_TRACKING_URI", value=s.tracking_uri))
-    if s.auth_secret:
-        ref = k8s.V1SecretKeySelector(name=s.auth_secret, key="token")
-        env.append(k8s.V1EnvVar(name="DUOGEN_AUTH_TOKEN", value_from=k8s.V1EnvVarSource(secret_key_ref=ref)))
-    registry = model_uri.startswith("models:/")
-    model = V1beta1ModelSpec(
-        model_format=V1beta1ModelFormat(name="duogen"),
-        runtime=s.runtime,
-        storage_uri=None if registry else model_uri,
-        args=[f"--model={model_uri}", f"--reload-interval={s.reload_interval}"] if registry else None,
-        resources=k8s.V1ResourceRequirements(requests=dict(limits), limits=limits),
-        env=env or None,
-    )
-    raw = s.deployment_mode == "RawDeployment"
-    predictor = V1beta1PredictorSpec(
-        model=model,
-        min_replicas=s.min_replicas,
-        max_replicas=s.max_replicas,
-        timeout=s.timeout,
-        service_account_name=s.service_account,
-        # Knative refuses a pod-level securityContext unless its feature flag is on (off by default); the
-        # runtime's container carries the container-level settings in both modes.
-        security_context=pod_security() if raw else None,
-    )
-    return V1beta1InferenceService(
-        api_version="serving.kserve.io/v1beta1",
-        kind="InferenceService",
-        metadata=k8s.V1ObjectMeta(
-            name=s.name,
-            namespace=s.namespace,
-            labels={"app.kubernetes.io/part-of": "duogen"},
-            annotations={"serving.kserve.io/deploymentMode": s.deployment_mode},
-        ),
-        spec=V1beta1InferenceServiceSpec(predictor=predictor),
-    )
-
-
-def as_dict(isvc) -> dict[str, Any]:
-    return k8s.ApiClient().sanitize_for_serialization(isvc)
 
 
 class DeployFailed(RuntimeError):
@@ -147,14 +63,14 @@ def url_of(isvc: dict) -> str:
 def deploy(
     model_uri: str,
     s: ServingSettings,
-    version: str | None = None,
+    version: str,
     config_dict: dict | None = None,
     poll_seconds: float = 10.0,
     log=print,
 ) -> str:
-    """Roll out `version` on the InferenceService `s.name` (create it when missing), wait until Ready;
-    returns its in-cluster URL. `config_dict` is a kubeconfig (default: the pod's service account, or
-    ~/.kube/config)."""
+    """Roll out `version` of `model_uri` (the alias the service serves) on the InferenceService `s.name`,
+    wait until Ready; returns its in-cluster URL. `config_dict` is a kubeconfig (default: the pod's
+    service account, or ~/.kube/config)."""
     from kserve import KServeClient, constants
 
     if config_dict:
@@ -171,25 +87,21 @@ def deploy(
         if getattr(err.__context__, "status", None) != 404:
             raise DeployFailed(f"reading {where} failed: {err}") from None
         exists = False
+    if not exists:
+        hint = f"install the chart there (helm install NAME helm/duogen -n {s.namespace}) or name its "
+        raise DeployFailed(f"{where} does not exist: {hint}service in the pipeline's `serving` parameter")
+    patch = {"spec": {"predictor": {"annotations": {VERSION_ANNOTATION: str(version)}}}}
     try:
-        if exists:  # the chart's service: only the rollout annotation changes (a JSON merge patch)
-            patch = {"spec": {"predictor": {"annotations": {VERSION_ANNOTATION: str(version or "")}}}}
-            client.api_instance.patch_namespaced_custom_object(
-                constants.KSERVE_GROUP,
-                "v1beta1",
-                s.namespace,
-                constants.KSERVE_PLURAL_INFERENCESERVICE,
-                s.name,
-                patch,
-            )
-            log(f"rolled out {where}: {model_uri} version {version}")
-        else:
-            isvc = build(model_uri, s)
-            if version:
-                isvc.spec.predictor.annotations = {VERSION_ANNOTATION: str(version)}
-            client.create(isvc, namespace=s.namespace)
-            log(f"created {where}: {model_uri} version {version}")
-    except (RuntimeError, k8s.ApiException) as err:
+        client.api_instance.patch_namespaced_custom_object(
+            constants.KSERVE_GROUP,
+            "v1beta1",
+            s.namespace,
+            constants.KSERVE_PLURAL_INFERENCESERVICE,
+            s.name,
+            patch,
+        )
+        log(f"rolled out {where}: {model_uri} version {version}")
+    except Exception as err:  # noqa: BLE001 - the API client's errors, whatever their class
         raise DeployFailed(f"applying {where} failed: {err}") from None
     deadline = time.monotonic() + s.ready_timeout
     while True:

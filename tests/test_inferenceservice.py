@@ -1,9 +1,9 @@
-"""Deploying to KServe. No Kubernetes API server can run here, so: the generated InferenceService is
-validated against KServe's CRD (tests/data/crds) with jsonschema, and the create / rollout / wait / failure
-paths run through the kserve SDK's client against a stand-in HTTP server on 127.0.0.1 that answers the
-InferenceService REST paths as the API server does (JSON merge patch, `metadata.generation` bumped on each
-write; validating the result). Its `status.address.url` points at a real predictor server (`duogen serve` on
-a toy pair), so the pipeline's deploy step asks that server over HTTP as it would ask the InferenceService;
+"""Deploying to KServe: a rollout of the chart's InferenceService (rendered from helm/duogen). No Kubernetes
+API server can run here, so the rollout / wait / failure paths run through the kserve SDK's client against
+a stand-in HTTP server on 127.0.0.1 that answers the InferenceService REST paths as the API server does
+(JSON merge patch, `metadata.generation` bumped on each write; the result validated against KServe's CRD in
+tests/data/crds). Its `status.address.url` points at a real predictor server (`duogen serve` on a toy
+pair), so the pipeline's deploy step asks that server over HTTP as it would ask the InferenceService;
 `status.url` is an external domain that does not resolve, as a Serverless one may not from a pipeline pod."""
 
 from __future__ import annotations
@@ -21,11 +21,9 @@ import jsonschema
 import pytest
 import yaml
 
-from duogen.model.errors import DuoGenInputError
-from duogen.platform.inferenceservice import DeployFailed, ServingSettings, as_dict, build, deploy
+from duogen.platform.inferenceservice import DeployFailed, ServingSettings, deploy
 
 sys.path.insert(0, str(Path(__file__).parent))
-from k8s_checks import policy_violations  # noqa: E402
 from serving_server import predictor_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,51 +36,6 @@ PATH = re.compile(r"/apis/serving.kserve.io/v1beta1/namespaces/([^/]+)/inference
 def schema() -> dict:
     crd = yaml.safe_load(CRD.read_text())
     return next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")["schema"]["openAPIV3Schema"]
-
-
-def test_the_inferenceservice_serves_the_alias_and_carries_the_serving_settings(schema):
-    """Fails when the alias is handed to KServe's storage initializer as storageUri (it cannot read one),
-    when the predictor is not told to follow the alias, or when a setting is dropped."""
-    s = ServingSettings(
-        namespace="ml", gpus=1, max_replicas=3, auth_secret="duogen-auth", tracking_uri="http://m"
-    )
-    isvc = as_dict(build("models:/duogen-toy@champion", s))
-    jsonschema.validate(isvc, schema)
-    assert isvc["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "RawDeployment"}
-    predictor = isvc["spec"]["predictor"]
-    model = predictor["model"]
-    assert model["modelFormat"] == {"name": "duogen"} and model["runtime"] == "duogen"
-    assert "storageUri" not in model
-    assert model["args"] == ["--model=models:/duogen-toy@champion", "--reload-interval=60"]
-    assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert model["env"] == [
-        {"name": "MLFLOW_TRACKING_URI", "value": "http://m"},
-        {"name": "DUOGEN_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "duogen-auth", "key": "token"}}},
-    ]
-    assert (predictor["minReplicas"], predictor["maxReplicas"], predictor["timeout"]) == (1, 3, 300)
-    assert predictor["serviceAccountName"] == "duogen-s3"
-    assert policy_violations([isvc]) == []  # non-root pods, resources, the token only from its Secret
-    from_kfp = as_dict(build("models:/m@a", ServingSettings(reload_interval=30.0, max_replicas=2.0)))
-    assert from_kfp["spec"]["predictor"]["model"]["args"][1] == "--reload-interval=30"  # KFP's 30.0
-    assert from_kfp["spec"]["predictor"]["maxReplicas"] == 2
-    pinned = as_dict(build("s3://models/duogen/1/artifacts", s))["spec"]["predictor"]["model"]
-    assert pinned["storageUri"] == "s3://models/duogen/1/artifacts" and "args" not in pinned
-    bad = json.loads(json.dumps(isvc))
-    bad["spec"]["predictor"]["minReplicas"] = "one"
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(bad, schema)
-
-
-def test_serverless_mode_leaves_out_what_knative_refuses(schema):
-    """Knative's default feature flags refuse a pod-level securityContext (tests/k8s_checks.py encodes
-    them); RawDeployment keeps it. Fails when the mode is ignored or misspelt modes are accepted."""
-    isvc = as_dict(build("models:/m@a", ServingSettings(deployment_mode="Serverless")))
-    jsonschema.validate(isvc, schema)
-    assert isvc["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Serverless"}
-    assert "securityContext" not in isvc["spec"]["predictor"]
-    assert "securityContext" in as_dict(build("models:/m@a", ServingSettings()))["spec"]["predictor"]
-    with pytest.raises(DuoGenInputError, match="deployment_mode must be one of"):
-        ServingSettings(deployment_mode="serverless")
 
 
 def merge_patch(target, patch):
@@ -123,17 +76,6 @@ class StandIn:
             def _body(self) -> dict:
                 return json.loads(self.rfile.read(int(self.headers["content-length"])))
 
-            def do_POST(self):
-                body = self._body()
-                stand_in.calls.append(("POST", body["metadata"]["name"]))
-                try:
-                    jsonschema.validate(body, schema)
-                except jsonschema.ValidationError as err:
-                    return self._send(422, {"kind": "Status", "reason": "Invalid", "message": err.message})
-                body["metadata"]["generation"] = 1
-                stand_in.objects[body["metadata"]["name"]] = {**body, "_reads": 0, "_seen": 0}
-                self._send(201, body)
-
             def do_PATCH(self):
                 name = PATH.fullmatch(urlparse(self.path).path).group(2)
                 assert self.headers["content-type"] == "application/merge-patch+json"
@@ -154,11 +96,12 @@ class StandIn:
                 found["_reads"] += 1
                 ok = ready and found["_reads"] > polls
                 seen = found["metadata"]["generation"] if ok else found["_seen"]
-                condition = {"type": "Ready", "status": "True" if ok or seen else "False"}
-                if not ok and not seen:
+                up = ready and (ok or seen)
+                condition = {"type": "Ready", "status": "True" if up else "False"}
+                if not up:
                     condition |= {"reason": "RevisionMissing", "message": "storage-initializer: no such key"}
                 status = {"conditions": [condition], "observedGeneration": seen}
-                if ok or seen:
+                if up:
                     status |= {"url": f"http://{name}.ml.example.com", "address": {"url": url}}
                 shown = {k: v for k, v in found.items() if not k.startswith("_")}
                 self._send(200, {**shown, "status": status})
@@ -176,27 +119,48 @@ class StandIn:
         }
 
 
-def test_deploy_creates_then_rolls_out_and_waits_for_the_new_generation(schema):
-    """Fails when a second deploy replaces the service's spec, when it accepts the Ready of the previous
-    generation (the old pods), or when it returns the external `status.url` instead of the in-cluster
+def _with_chart(server: StandIn) -> dict:
+    """The stand-in API server holding the chart's InferenceService (generation 1, Ready)."""
+    chart = _chart_inferenceservice()
+    server.objects["duogen"] = {**chart, "metadata": {**chart["metadata"], "generation": 1}, "_reads": 0}
+    server.objects["duogen"]["_seen"] = 1
+    return chart
+
+
+def test_deploy_rolls_out_the_charts_service_and_waits_for_the_new_generation(schema):
+    """Fails when a deploy replaces the service's spec, when it accepts the Ready of the previous generation
+    (the old pods), or when it returns the external `status.url` instead of the in-cluster
     `status.address.url`."""
     server = StandIn(schema, url="http://duogen.ml.svc.cluster.local", polls=3)
     try:
+        chart = _with_chart(server)
         s = ServingSettings(namespace="ml")
         logs: list[str] = []
-        model = "models:/duogen-toy@champion"
+        model = "models:/duogen@champion"
         url = deploy(model, s, "1", server.kubeconfig, poll_seconds=0.01, log=logs.append)
         again = deploy(model, s, "2", server.kubeconfig, poll_seconds=0.01, log=logs.append)
         assert url == again == "http://duogen.ml.svc.cluster.local"
-        assert server.calls == [("POST", "duogen"), ("PATCH", "duogen")]
+        assert server.calls == [("PATCH", "duogen"), ("PATCH", "duogen")]
         obj = server.objects["duogen"]
-        assert obj["_reads"] > 3  # waited past the previous generation's Ready
-        assert obj["spec"]["predictor"]["annotations"] == {"duogen.dev/model-version": "2"}
-        assert obj["spec"]["predictor"]["model"]["args"][0] == "--model=models:/duogen-toy@champion"
+        assert obj["_reads"] > 3 and obj["metadata"]["generation"] == 3  # waited past the old Ready
+        spec = copy.deepcopy(obj["spec"])
+        assert spec["predictor"].pop("annotations") == {"duogen.dev/model-version": "2"}
+        assert spec == chart["spec"]  # nothing but the rollout annotation changed
         assert logs == [
-            "created InferenceService ml/duogen: models:/duogen-toy@champion version 1",
-            "rolled out InferenceService ml/duogen: models:/duogen-toy@champion version 2",
+            "rolled out InferenceService ml/duogen: models:/duogen@champion version 1",
+            "rolled out InferenceService ml/duogen: models:/duogen@champion version 2",
         ]
+    finally:
+        server.httpd.shutdown()
+
+
+def test_a_missing_service_fails_saying_to_install_the_chart(schema):
+    """The service is defined once, by the chart: without it the step must say so, not invent one."""
+    server = StandIn(schema, url="")
+    try:
+        with pytest.raises(DeployFailed, match="ml/duogen does not exist: install the chart there"):
+            deploy("models:/duogen@champion", ServingSettings(namespace="ml"), "1", server.kubeconfig)
+        assert server.calls == []
     finally:
         server.httpd.shutdown()
 
@@ -204,6 +168,7 @@ def test_deploy_creates_then_rolls_out_and_waits_for_the_new_generation(schema):
 def test_a_service_that_never_gets_ready_fails_with_its_condition(schema):
     server = StandIn(schema, url="", ready=False)
     try:
+        _with_chart(server)
         s = ServingSettings(namespace="ml", ready_timeout=0.3)
         with pytest.raises(
             DeployFailed, match="not ready within 0 s: Ready: RevisionMissing storage-initializer"
@@ -245,7 +210,7 @@ def test_the_deploy_step_rolls_out_the_charts_service_and_asks_it(schema, tmp_pa
     artifacts = (tmp_path / "artifacts").as_uri()
     version = register_pair(pair, "duogen-toy", {"t_com": 1.0}, {}, "r", tracking, "exp", artifacts)
     assert promote("duogen-toy", version.version, "champion", {}, tracking).promoted
-    chart = _chart_inferenceservice()
+    chart = _chart_inferenceservice()  # what the stand-in holds: the chart's service
     with predictor_server([DUOGEN, "serve", "--model", str(pair)], tmp_path / "server.log") as server:
         stand_in = StandIn(schema, url=server.url)
         stand_in.objects["duogen"] = {

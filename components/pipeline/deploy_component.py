@@ -19,7 +19,7 @@ def deploy(
     """Serve `models:/NAME@ALIAS`, answer one request over HTTP and save the answer as an HTML page; returns
     the page's URI. `target`: "local" (the predictor on 127.0.0.1 of this machine) or "kserve" (roll the
     alias's version out on the chart's InferenceService, which serves the alias; `serving` overrides its
-    settings: name, namespace, deployment_mode, runtime, service_account, gpus, auth_secret, ...)."""
+    settings: name, namespace, ready_timeout; the chart's upload hook fills in its own)."""
     import os
 
     from duogen.components.pipeline.local_deploy import ask, serve_and_ask
@@ -43,7 +43,7 @@ def deploy(
             from duogen.platform.inferenceservice import ServingSettings, deploy
             from duogen.platform.registry import alias_version
 
-            settings = ServingSettings(**{"tracking_uri": tracking_uri or None, **serving})
+            settings = ServingSettings(**serving)
             version = alias_version(model, tracking_uri or None)
             url = deploy(model, settings, version)
             token = os.environ.get("DUOGEN_AUTH_TOKEN")
