@@ -86,10 +86,23 @@ def test_images_get_3d_rope(mllm):
     assert not torch.allclose(with_types, mllm.forward_logits(e))
 
 
-def test_loss_covers_labels(mllm):
+def test_loss_is_next_token_cross_entropy_on_the_assistant_tokens_only(mllm):
+    """Fails when the prompt (user text, image placeholders) is trained on, when labels are not shifted by
+    one, or when the ignore index is wrong: the loss must equal the mean cross-entropy of each assistant
+    token given everything before it."""
     e = mllm.encode(conversation())
     out = mllm(e, with_loss=True)
-    assert out.logits.shape == (1, len(e), mllm.cfg.vocab_size) and torch.isfinite(out.loss)
+    assert out.logits.shape == (1, len(e), mllm.cfg.vocab_size)
+    labels = e.labels
+    trained = (labels != -100).nonzero().flatten()
+    assert len(trained) > 0 and len(trained) < len(e) // 2  # the answer, not the prompt
+    im_start = mllm.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    turns = (e.input_ids == im_start).nonzero().flatten()
+    assert trained.min() > turns[-1]  # nothing before the assistant's turn carries a label
+    assert torch.equal(labels[trained], e.input_ids[trained])  # a position's label is its own token
+    logits = out.logits[0].float()
+    expected = torch.nn.functional.cross_entropy(logits[trained - 1], e.input_ids[trained])  # shifted
+    torch.testing.assert_close(out.loss.float(), expected, rtol=1e-4, atol=1e-5)
 
 
 @torch.no_grad()
