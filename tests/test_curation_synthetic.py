@@ -3,9 +3,9 @@
 import base64
 import io
 import json
-import threading
+import sys
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -30,6 +30,9 @@ from duogen.components.curation.synthetic import (
 )
 from duogen.components.toyworld.checker import compare, find_shapes
 from duogen.components.toyworld.serialize import task_from_json
+
+sys.path.insert(0, str(Path(__file__).parent))
+from http_stub import JSONHandler, chat_reply, serve  # noqa: E402
 
 PER_SEED = 6
 
@@ -177,11 +180,11 @@ class FakeImageServer:
         scene_png = png(task_from_request("How do I remove the blue square?").scenes[1])
         url = "data:image/png;base64," + base64.b64encode(scene_png).decode()
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JSONHandler):
             def do_POST(self):
-                outer.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                outer.bodies.append(self.json_body())
                 if outer.mode == "error":
-                    self._send(400, {"error": {"message": "bad model"}})
+                    self.send_json(400, {"error": {"message": "bad model"}})
                     return
                 parts = [{"type": "text", "text": "Step 1: Preheat the oven. <BOV>"}]
                 if outer.mode == "interleaved":
@@ -190,25 +193,13 @@ class FakeImageServer:
                         {"type": "text", "text": "Step 2: Knead."},
                         {"type": "image_url", "image_url": {"url": url}},
                     ]
-                self._send(200, {"choices": [{"message": {"role": "assistant", "content": parts}}]})
+                self.send_json(200, chat_reply(parts))
 
-            def _send(self, status, body):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.handler = Handler
 
     def __enter__(self):
-        self.thread.start()
+        self.server, url = serve(self.handler)
+        self.url = url + "/v1"
         return self
 
     def __exit__(self, *exc):

@@ -10,8 +10,6 @@ import io
 import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,9 @@ from PIL import Image
 from duogen.components.evaluation.interleavedbench import answer_instances, read_instances
 from duogen.components.evaluation.vlm_judge import read_items
 from duogen.model.errors import DuoGenInputError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from http_stub import JSONHandler, chat_reply, serve  # noqa: E402
 
 DUOGEN = str(Path(sys.executable).parent / "duogen")
 SCORES = {"text_quality": 4, "perceptual_quality": 3, "image_coherence": 2, "text_image_coherence": 5}
@@ -110,12 +111,9 @@ class Judge:
         self.images: list[int] = []
         judge = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(JSONHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                body = self.json_body()
                 parts = body["messages"][-1]["content"]
                 parts = parts if isinstance(parts, list) else []  # a text-only item is sent as a string
                 urls = [p["image_url"]["url"] for p in parts if p["type"] == "image_url"]
@@ -123,16 +121,10 @@ class Judge:
                     Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).verify()
                 judge.images.append(len(urls))
                 reply = json.dumps({"scores": {**SCORES, "helpfulness": len(urls)}, "reason": "ok"})
-                out = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                self.send_json(200, chat_reply(reply))
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, url = serve(Handler)
+        self.url = url + "/v1"
 
 
 def test_duogen_eval_vlm_answers_interleavedbench_with_the_pair_then_judges(bench, tmp_path):

@@ -11,9 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,9 @@ from duogen.components.evaluation.vlm_judge import (
     parse_reply,
     read_comm,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
+from http_stub import JSONHandler, chat_reply, serve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DUOGEN = str(Path(sys.executable).parent / "duogen")
@@ -64,12 +65,9 @@ class JudgeServer:
         self.seen: dict[str, int] = {}
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(JSONHandler):
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                body = self.json_body()
                 server.requests.append(body)
                 text = body["messages"][-1]["content"][0]["text"]
                 kind = next(k for k in ("invalid_once", "late_once", "valid") if f"{k}:" in text)
@@ -81,16 +79,10 @@ class JudgeServer:
                     if kind == "invalid_once" and count == 1
                     else json.dumps(VALID)
                 )
-                out = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                self.send_json(200, chat_reply(reply))
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, url = serve(Handler)
+        self.url = url + "/v1"
 
     def close(self) -> None:
         self.httpd.shutdown()

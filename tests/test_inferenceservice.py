@@ -12,8 +12,6 @@ import copy
 import json
 import re
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,6 +22,7 @@ import yaml
 from duogen.platform.inferenceservice import DeployFailed, ServingSettings, deploy
 
 sys.path.insert(0, str(Path(__file__).parent))
+from http_stub import JSONHandler, serve  # noqa: E402
 from serving_server import predictor_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,20 +60,9 @@ class StandIn:
         self.calls: list[tuple[str, str]] = []
         stand_in = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _body(self) -> dict:
-                return json.loads(self.rfile.read(int(self.headers["content-length"])))
+        class Handler(JSONHandler):
+            _send = JSONHandler.send_json
+            _body = JSONHandler.json_body
 
             def do_PATCH(self):
                 name = PATH.fullmatch(urlparse(self.path).path).group(2)
@@ -106,9 +94,7 @@ class StandIn:
                 shown = {k: v for k, v in found.items() if not k.startswith("_")}
                 self._send(200, {**shown, "status": status})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        host = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.httpd, host = serve(Handler)
         self.kubeconfig = {
             "apiVersion": "v1",
             "kind": "Config",

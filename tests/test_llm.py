@@ -1,10 +1,11 @@
 """The LLM backends against a real OpenAI-compatible HTTP server on 127.0.0.1 (stdlib, in a thread)."""
 
-import json
+import sys
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,9 @@ from duogen.platform.llm import (
     Request,
     make_backend,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
+from http_stub import JSONHandler, chat_reply  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 16
@@ -46,15 +50,12 @@ class FakeServer(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JSONHandler):
     server: FakeServer
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
 
     def do_POST(self):
         srv = self.server
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.json_body()
         with srv.lock:
             srv.calls += 1
             srv.inflight += 1
@@ -82,22 +83,14 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 text, n_images = user, 0
             answer = f"ECHO:{text}|images={n_images}"
-            self.reply(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]})
+            self.reply(200, chat_reply(answer))
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout test)
         finally:
             with srv.lock:
                 srv.inflight -= 1
 
-    def reply(self, status, payload, headers=None):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+    reply = JSONHandler.send_json
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 import time
 import uuid
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 from duogen.cli import main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from http_stub import JSONHandler  # noqa: E402
 
 
 class KfpApi(ThreadingHTTPServer):
@@ -35,19 +40,11 @@ class KfpApi(ThreadingHTTPServer):
         self.tag = "2.15.0"  # the backend's release, as /apis/v2beta1/healthz reports it
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONHandler):
     server: KfpApi
 
-    def log_message(self, *args):
-        pass
-
     def _send(self, body: dict, status: int = 200):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(status, body)
 
     def do_GET(self):
         url = urlparse(self.path)

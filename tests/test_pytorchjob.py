@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -24,6 +22,7 @@ from kubernetes import client as k8s
 from duogen.components.training.config import TrainConfig, load_config
 
 sys.path.insert(0, str(Path(__file__).parent))
+from http_stub import JSONHandler, serve  # noqa: E402
 from k8s_checks import policy_violations  # noqa: E402
 
 from duogen.platform.pytorchjob import ClusterSettings, JobFailed, as_dict, build_job, job_name, launch
@@ -130,19 +129,8 @@ class StandIn:
         self.outcome, self.polls, self.result = outcome, polls_to_finish, result
         stand_in = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code: int, body) -> None:
-                data = (body if isinstance(body, str) else json.dumps(body)).encode()
-                self.send_response(code)
-                self.send_header(
-                    "content-type", "text/plain" if isinstance(body, str) else "application/json"
-                )
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+        class Handler(JSONHandler):
+            _send = JSONHandler.send_json
 
             def do_POST(self):
                 m = re.fullmatch(
@@ -212,10 +200,9 @@ class StandIn:
                     return self._send(200, "\n".join(f"step {k}" for k in range(polls)) + "\n")
                 self._send(404, {"kind": "Status", "code": 404})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self.url = serve(Handler)
         self.configuration = k8s.Configuration()
-        self.configuration.host = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.configuration.host = self.url
 
     def add_job(self, name: str, condition: str | None) -> None:
         """A job of this run that a previous attempt of the step created: still running, or failed."""
