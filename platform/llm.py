@@ -27,6 +27,7 @@ from duogen.platform.prompts import PromptError, PromptLibrary
 
 __all__ = [
     "Backend",
+    "ChatClient",
     "LLMError",
     "OfflineBackend",
     "OpenAICompatibleBackend",
@@ -107,6 +108,79 @@ def _error_message(response: httpx.Response) -> str:
     return json.dumps(body)[:500]
 
 
+class ChatClient:
+    """One OpenAI-compatible `{base_url}/chat/completions` endpoint, shared by every caller (the data
+    engine's task backend, the synthetic dialogue generator): transient failures (transport errors, 429,
+    5xx) are retried with exponential backoff and 'equal jitter' (parallel workers do not retry in
+    lockstep), honouring the server's Retry-After (capped); anything else raises `LLMError` with the
+    server's own explanation. `seed` makes the jitter reproducible; `on_retry` counts extra attempts."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        retry_after_cap: float = 30.0,
+        max_connections: int = 8,
+        seed: int | None = None,
+        on_retry: Callable[[], None] | None = None,
+    ):
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
+        self.retry_after_cap, self.on_retry = retry_after_cap, on_retry
+        self._lock = threading.Lock()  # the jitter RNG across threads
+        self._rng = random.Random(seed)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        limits = httpx.Limits(max_connections=max_connections)
+        self._client = httpx.Client(timeout=timeout, headers=headers, limits=limits)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def complete(self, body: dict[str, Any], what: str) -> Any:
+        """The first choice's message content (text, or a list of parts); `what` prefixes errors."""
+        last = ""
+        status = None
+        for attempt in range(self.max_retries + 1):
+            if attempt and self.on_retry is not None:
+                self.on_retry()
+            retry_after = None
+            try:
+                response = self._client.post(self.url, json=body)
+            except httpx.TransportError as err:  # connect errors and timeouts
+                last, status = f"{type(err).__name__}: {err}", None
+            else:
+                status = response.status_code
+                if status == 200:
+                    try:
+                        return response.json()["choices"][0]["message"]["content"]
+                    except (ValueError, KeyError, IndexError, TypeError):
+                        raise LLMError(f"{what}: malformed response {response.text[:300]!r}", 200) from None
+                last = f"HTTP {status}: {_error_message(response)}"
+                if not _is_retryable(status):
+                    raise LLMError(f"{what}: {last}", status=status)
+                retry_after = self._retry_after(response)
+            if attempt < self.max_retries:
+                time.sleep(retry_after if retry_after is not None else self._delay(attempt))
+        raise LLMError(f"{what}: gave up after {self.max_retries + 1} attempts; last: {last}", status)
+
+    def _retry_after(self, response: httpx.Response) -> float | None:
+        """Seconds the server asked us to wait, capped (HTTP-date values fall back to our backoff)."""
+        try:
+            return min(max(float(response.headers["retry-after"]), 0.0), self.retry_after_cap)
+        except (KeyError, ValueError):
+            return None
+
+    def _delay(self, attempt: int) -> float:
+        base = min(self.max_backoff, self.backoff * 2**attempt)
+        with self._lock:
+            return base * self._rng.uniform(0.5, 1.0)
+
+
 class OpenAICompatibleBackend:
     """POSTs `{base_url}/chat/completions`; retries transient failures, caches answers on disk by request.
 
@@ -134,23 +208,29 @@ class OpenAICompatibleBackend:
         seed: int | None = None,
     ):
         self.name = f"openai:{model}"
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.prompts = model, prompts
-        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
-        self.retry_after_cap, self.max_tokens = retry_after_cap, max_tokens
+        self.model, self.prompts, self.max_tokens = model, prompts, max_tokens
         self.max_concurrency = max_concurrency
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         if self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.stats = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0}
-        self._lock = threading.Lock()  # guards stats and the jitter RNG across run_many threads
-        self._rng = random.Random(seed)
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        limits = httpx.Limits(max_connections=max(max_concurrency, 1) * 2)
-        self._client = httpx.Client(timeout=timeout, headers=headers, limits=limits)
+        self._lock = threading.Lock()  # guards stats across run_many threads
+        self.chat = ChatClient(
+            base_url,
+            api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            retry_after_cap=retry_after_cap,
+            max_connections=max(max_concurrency, 1) * 2,
+            seed=seed,
+            on_retry=lambda: self._count("retries"),
+        )
+        self.url = self.chat.url
 
     def close(self) -> None:
-        self._client.close()
+        self.chat.close()
 
     def __enter__(self) -> OpenAICompatibleBackend:
         return self
@@ -219,49 +299,10 @@ class OpenAICompatibleBackend:
             return [f.result() for f in futures]
 
     def _post(self, task: str, body: dict[str, Any]) -> str:
-        last = ""
-        status = None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                self._count("retries")
-            retry_after = None
-            try:
-                response = self._client.post(self.url, json=body)
-            except httpx.TransportError as err:  # connect errors and timeouts
-                last, status = f"{type(err).__name__}: {err}", None
-            else:
-                status = response.status_code
-                if status == 200:
-                    return self._answer(task, response)
-                last = f"HTTP {status}: {_error_message(response)}"
-                if not _is_retryable(status):
-                    raise LLMError(f"task {task!r}: {last}", status=status)
-                retry_after = self._retry_after(response)
-            if attempt < self.max_retries:
-                time.sleep(retry_after if retry_after is not None else self._delay(attempt))
-        raise LLMError(f"task {task!r}: gave up after {self.max_retries + 1} attempts; last: {last}", status)
-
-    def _answer(self, task: str, response: httpx.Response) -> str:
-        try:
-            content = response.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise LLMError(f"task {task!r}: malformed response {response.text[:300]!r}", 200) from None
+        content = self.chat.complete(body, f"task {task!r}")
         if not isinstance(content, str):
             raise LLMError(f"task {task!r}: response content is not text: {content!r}", 200)
         return content
-
-    def _retry_after(self, response: httpx.Response) -> float | None:
-        """Seconds the server asked us to wait, capped (HTTP-date values fall back to our backoff)."""
-        try:
-            return min(max(float(response.headers["retry-after"]), 0.0), self.retry_after_cap)
-        except (KeyError, ValueError):
-            return None
-
-    def _delay(self, attempt: int) -> float:
-        """Exponential backoff with 'equal jitter' so parallel workers don't retry in lockstep."""
-        base = min(self.max_backoff, self.backoff * 2**attempt)
-        with self._lock:
-            return base * self._rng.uniform(0.5, 1.0)
 
     def _cache_get(self, key: str) -> str | None:
         if self.cache_dir is None:

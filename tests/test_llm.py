@@ -238,8 +238,8 @@ def test_run_many_keeps_order_and_bounds_concurrency(server, prompts):
 
 def test_jitter_is_deterministic_under_a_seed(server, prompts):
     a, b = backend(server, prompts, seed=7), backend(server, prompts, seed=7)
-    assert [a._delay(i) for i in range(4)] == [b._delay(i) for i in range(4)]
-    assert all(0.005 * 2**i <= a._delay(i) <= 0.01 * 2**i for i in range(4))
+    assert [a.chat._delay(i) for i in range(4)] == [b.chat._delay(i) for i in range(4)]
+    assert all(0.005 * 2**i <= a.chat._delay(i) <= 0.01 * 2**i for i in range(4))
     a.close(), b.close()
 
 

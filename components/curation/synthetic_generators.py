@@ -13,11 +13,9 @@ import io
 import os
 import random
 import re
-import time
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-import httpx
 from PIL import Image
 
 from duogen.components.toyworld.render import render
@@ -37,7 +35,7 @@ from duogen.components.toyworld.world import (
     apply,
     region_name,
 )
-from duogen.platform.llm import image_data_url
+from duogen.platform.llm import ChatClient, LLMError, image_data_url
 
 from .synthetic_pool import Instruction, normalise
 
@@ -348,13 +346,12 @@ class OpenAICompatibleImageGenerator:
         max_tokens: int = 2048,
     ):
         self.name = f"openai-image:{model}"
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.max_retries, self.backoff, self.max_tokens = model, max_retries, backoff, max_tokens
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(timeout=timeout, headers=headers)
+        self.model, self.max_tokens = model, max_tokens
+        self.chat = ChatClient(base_url, api_key, timeout=timeout, max_retries=max_retries, backoff=backoff)
+        self.url = self.chat.url
 
     def close(self) -> None:
-        self._client.close()
+        self.chat.close()
 
     def payload(self, instruction: Instruction) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
@@ -371,27 +368,12 @@ class OpenAICompatibleImageGenerator:
         }
 
     def answer(self, instruction: Instruction) -> list[Piece] | None:
-        body = self.payload(instruction)
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                response = self._client.post(self.url, json=body)
-            except httpx.TransportError as err:
-                last = f"{type(err).__name__}: {err}"
-                continue
-            if response.status_code == 200:
-                try:
-                    content = response.json()["choices"][0]["message"]["content"]
-                except (ValueError, KeyError, IndexError, TypeError):
-                    raise GeneratorError(f"malformed response {response.text[:200]!r}") from None
-                pieces = parse_interleaved(content)
-                return pieces if any(p.type == "image" for p in pieces) else None
-            last = f"HTTP {response.status_code}: {response.text[:200]}"
-            if response.status_code != 429 and response.status_code < 500:
-                break
-        raise GeneratorError(f"{self.url}: {last}")
+        try:
+            content = self.chat.complete(self.payload(instruction), self.url)
+        except LLMError as err:
+            raise GeneratorError(str(err)) from None
+        pieces = parse_interleaved(content)
+        return pieces if any(p.type == "image" for p in pieces) else None
 
 
 _GENERATORS: dict[str, Generator] = {}
