@@ -11,33 +11,46 @@ PARTS = ("mllm", "dit")
 KINDS = ("move", "recolour", "add", "remove", "resize", "swap")  # toyworld.world.ACTION_KINDS, torch-free
 
 
+def _f(default, help: str, **kw):
+    """A field with its `--flag` help (the CLI's flags are generated from these fields)."""
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
 @dataclass
 class PretrainConfig:
-    part: str = "dit"  # "mllm" (Stage 1's loss on the stream) or "dit" (Stage 2's, the MLLM frozen)
-    preset: str = "toy"
-    out: str = "outputs/pretrain-dit"
-    steps: int = 12000
-    batch_size: int = 8  # per data-parallel process
-    lr: float = 1e-3
-    warmup_steps: int = 200
-    min_lr_ratio: float = 0.1
-    nproc: int = 2  # data-parallel processes (torchrun on 127.0.0.1; one core each)
-    eval_every: int = 1000
-    eval_count: int = 120  # held-out items judged at every evaluation (edits / tasks per form)
-    text_dropout: float = 0.1  # dit: the CFG negative generation samples with
-    seed: int = 0
-    ckpt_every: int = 500
+    part: str = _f(
+        "dit", "mllm (Stage 1's loss on the stream) or dit (Stage 2's, the MLLM frozen)", cli=False
+    )
+    preset: str = _f("toy", "the pair's preset")
+    out: str = _f("outputs/pretrain-dit", "checkpoints and the result")
+    steps: int = _f(12000, "optimizer steps")
+    batch_size: int = _f(8, "per data-parallel process")
+    lr: float = _f(1e-3, "AdamW peak lr, cosine after warm-up")
+    warmup_steps: int = _f(200, "linear warm-up steps")
+    min_lr_ratio: float = _f(0.1, "the cosine's floor as a fraction of lr")
+    nproc: int = _f(2, "data-parallel processes (torchrun on 127.0.0.1; one core each)")
+    eval_every: int = _f(1000, "steps between evaluations")
+    eval_count: int = _f(
+        120, "held-out items judged at every evaluation (mllm: tasks per request form; dit: edits)"
+    )
+    text_dropout: float = _f(0.1, "to the CFG negative (the negative generation samples with)", part="dit")
+    seed: int = _f(0, "weights and data")
+    ckpt_every: int = _f(500, "steps between checkpoints")
     # the stream (`curation.synthetic_stream`): dialogue lengths and how often each action kind is drawn
-    min_steps: int = 1
-    max_steps: int = 4
-    kind_weights: dict[str, float] = field(default_factory=lambda: dict.fromkeys(KINDS, 1.0))
+    min_steps: int = _f(1, "shortest dialogue")
+    max_steps: int = _f(4, "longest dialogue")
+    kind_weights: dict[str, float] = _f(
+        dict.fromkeys(KINDS, 1.0), f"JSON {{kind: weight}} over {', '.join(KINDS)}"
+    )
     # dit only
-    edit_weight: float = 3.0  # 1 only copies, 10 blots the pictures (README: the first DiT's trials)
-    pos_embed: bool = True
-    init: str | None = None  # start the DiT from a saved DiT folder (diffusers layout) instead of random
-    ema: float | None = None  # export (and judge) an EMA of the DiT with this decay
-    tracking_uri: str | None = None
-    experiment: str = ""
+    edit_weight: float = _f(3.0, "loss weight of edited positions (1 only copies, 10 blots)", part="dit")
+    pos_embed: bool = _f(True, "a learnable absolute position embedding besides RoPE", part="dit")
+    init: str | None = _f(None, "start from this saved DiT folder (diffusers layout), not random", part="dit")
+    ema: float | None = _f(None, "judge and export an EMA of the DiT with this decay", part="dit")
+    tracking_uri: str | None = _f(None, "MLflow (default: sqlite under OUT/train)")
+    experiment: str = _f("", "MLflow experiment (default: duogen-pretrain-PART)", cli=False)
 
     def __post_init__(self) -> None:
         if self.part not in PARTS:

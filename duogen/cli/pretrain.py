@@ -5,6 +5,7 @@ OUT resumes from its checkpoints; `--nproc 2` (the default) trains data parallel
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -18,8 +19,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     fields = {
         f: getattr(args, f) for f in PretrainConfig.__dataclass_fields__ if getattr(args, f, None) is not None
     }
-    if args.kind_weights:
-        fields["kind_weights"] = json.loads(args.kind_weights)
     argv = sys.argv[1:]
     if in_a_job():  # relaunched below: the world is the processes torchrun started
         fields["nproc"] = int(os.environ["WORLD_SIZE"])
@@ -60,8 +59,28 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+TYPES = {"int": int, "float": float, "str": str, "str | None": str, "float | None": float}
+
+
+def _add_flag(g: argparse.ArgumentParser, f, default) -> None:
+    """`--name` for a PretrainConfig field: its type, its help and the recipe's default (None: not given)."""
+    flag, help_ = "--" + f.name.replace("_", "-"), f.metadata["help"]
+    shown = (
+        ""
+        if default is None
+        else f" (default: {json.dumps(default) if isinstance(default, dict) else default})"
+    )
+    if f.type == "bool":  # on by default: the flag turns it off
+        g.add_argument(
+            "--no-" + flag[2:], dest=f.name, action="store_false", default=None, help="without " + help_
+        )
+    else:
+        kind = json.loads if f.type.startswith("dict") else TYPES[f.type]
+        g.add_argument(flag, dest=f.name, type=kind, default=None, help=help_ + shown)
+
+
 def add_pretrain(sub) -> None:
-    from duogen.components.training.pretrain_config import KINDS, PretrainConfig
+    from duogen.components.training.pretrain_config import PretrainConfig
 
     p = sub.add_parser("pretrain", help="pretrain a part of the toy pair (`pretrain mllm`, `pretrain dit`)",
                        description=__doc__)  # fmt: skip
@@ -75,65 +94,8 @@ def add_pretrain(sub) -> None:
     for part in ("mllm", "dit"):
         d = PretrainConfig.recipe(part)
         g = kinds.add_parser(part, help=helps[part], description=helps[part] + ". " + cmd_pretrain.__doc__)
-        g.add_argument("--preset", help=f"(default: {d.preset})")
-        g.add_argument("--out", help=f"checkpoints and the result (default: {d.out})")
-        g.add_argument("--steps", type=int, help=f"optimizer steps (default: {d.steps})")
-        g.add_argument(
-            "--batch-size", dest="batch_size", type=int, help=f"per process (default: {d.batch_size})"
-        )
-        g.add_argument("--lr", type=float, help=f"AdamW peak lr, cosine after warm-up (default: {d.lr})")
-        g.add_argument("--warmup-steps", dest="warmup_steps", type=int, help=f"(default: {d.warmup_steps})")
-        g.add_argument(
-            "--min-lr-ratio",
-            dest="min_lr_ratio",
-            type=float,
-            help=f"the cosine's floor as a fraction of lr (default: {d.min_lr_ratio})",
-        )
-        g.add_argument("--nproc", type=int, help=f"data-parallel processes (default: {d.nproc})")
-        g.add_argument("--eval-every", dest="eval_every", type=int, help=f"(default: {d.eval_every})")
-        g.add_argument(
-            "--eval-count",
-            dest="eval_count",
-            type=int,
-            help=f"held-out {'tasks per request form' if part == 'mllm' else 'edits'} judged at "
-            f"every evaluation (default: {d.eval_count})",
-        )
-        g.add_argument(
-            "--min-steps", dest="min_steps", type=int, help=f"shortest dialogue (default: {d.min_steps})"
-        )
-        g.add_argument(
-            "--max-steps", dest="max_steps", type=int, help=f"longest dialogue (default: {d.max_steps})"
-        )
-        g.add_argument(
-            "--kind-weights",
-            dest="kind_weights",
-            default=None,
-            help=f"JSON {{kind: weight}} over {', '.join(KINDS)} (default: equal)",
-        )
-        g.add_argument("--seed", type=int, help=f"weights and data (default: {d.seed})")
-        g.add_argument("--ckpt-every", dest="ckpt_every", type=int, help=f"(default: {d.ckpt_every})")
-        g.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow (default: sqlite under OUT/train)")
-        if part == "dit":
-            g.add_argument(
-                "--edit-weight",
-                dest="edit_weight",
-                type=float,
-                help=f"loss weight of edited positions (default: {d.edit_weight})",
-            )
-            g.add_argument(
-                "--no-pos-embed",
-                dest="pos_embed",
-                action="store_false",
-                default=None,
-                help="RoPE only (no learnable absolute position embedding)",
-            )
-            g.add_argument(
-                "--text-dropout",
-                dest="text_dropout",
-                type=float,
-                help=f"to the CFG negative (default: {d.text_dropout})",
-            )
-            g.add_argument("--init", help="start from this saved DiT folder (diffusers layout), not random")
-            g.add_argument("--ema", type=float, help="judge and export an EMA of the DiT with this decay")
+        for f in dataclasses.fields(PretrainConfig):
+            if f.metadata.get("cli", True) and f.metadata.get("part", part) == part:
+                _add_flag(g, f, getattr(d, f.name))
         g.add_argument("--quiet", action="store_true", help="no progress bars")
         g.set_defaults(func=cmd_pretrain)
