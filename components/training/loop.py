@@ -19,12 +19,10 @@ dense weights gathered from the shards). A single process runs exactly as before
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import random
 import signal
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -42,6 +40,7 @@ from duogen.model.pair import DuoGenPair
 from duogen.model.presets import PRESETS, get_preset
 from duogen.platform import storage
 from duogen.platform.model_store import local_pair_dir
+from duogen.platform.steps import input_dir
 
 from . import checkpoint
 from .config import TrainConfig
@@ -70,14 +69,12 @@ class TrainResult:
     evaluations: dict[int, dict] = field(default_factory=dict)  # step -> metrics of `Trainer.evaluate`
 
 
-def shard_files(paths: list[str], scratch: str | Path | None = None) -> list[Path]:
-    """Shard files of files or folders; `s3://` folders are copied once under `scratch` (a pod's disk)."""
+def shard_files(paths: list[str]) -> list[Path]:
+    """Shard files of files or folders; `s3://` folders are copied once to this machine (`steps.input_dir`:
+    a pod's scratch disk, shared by the processes of a job)."""
     out: list[Path] = []
     for text in paths:
-        p = Path(text)
-        if storage.is_url(text):
-            base = Path(scratch) if scratch else Path(tempfile.gettempdir()) / "duogen-shards"
-            p = storage.local_dir(text, base / hashlib.sha256(text.encode()).hexdigest()[:16])
+        p = input_dir(text) if storage.is_url(text) else Path(text)
         out += sorted(p.glob("shard-*.tar")) if p.is_dir() else [p]
     if not out:
         raise ValueError(f"no shards found in {paths}")
