@@ -67,4 +67,3 @@ def torchrun(
         if forward:
             signal.signal(signal.SIGTERM, previous)
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
-
