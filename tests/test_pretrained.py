@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -72,6 +73,7 @@ def test_each_shipped_part_is_small_in_its_layout_with_its_card(part):
         assert DuoGenMLLM.from_pretrained(path).cfg == get_preset("toy").mllm
     card = pretrained_card(part, "toy")
     assert card["command"].startswith(f"duogen pretrain {part}")
+    assert not re.search(r"(?<![\w.:/])/(?:[\w.-]+/)+", json.dumps(card))  # no folder of the maker's machine
     assert card["steps"] == max(int(s) for s in card["curve"]) and card["config"]["seed"] == 0
     assert card["minutes"] > 0 and card["dialogues_seen"] > 0 and card["final"]
     # `duogen pretrain PART` at its defaults is the recipe that made the shipped part: the card's settings

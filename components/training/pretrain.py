@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import sys
 import time
@@ -103,6 +104,12 @@ def log_session(out: Path, result, seconds: float) -> tuple[float, dict[str, Any
     return sum(s["minutes"] for s in sessions), dict(sorted(curve.items(), key=lambda kv: int(kv[0])))
 
 
+def portable(text: str) -> str:
+    """`text` with every absolute path cut to its last part: a card shipped in the package must not carry
+    the folders of the machine it was made on."""
+    return re.sub(r"(?<![\w.:/])/(?:[\w.-]+/)+([\w.-]+)", r"\1", text)
+
+
 def pretrain(
     cfg: PretrainConfig, judge: Judge, progress: bool = True, command: str | None = None
 ) -> dict[str, Any] | None:
@@ -140,15 +147,15 @@ def pretrain(
     card = {
         "what": f"the {cfg.preset} preset's {'MLLM' if cfg.part == 'mllm' else 'DiT (with its connector)'}, "
         "pretrained on the data engine's toy dialogues",
-        "command": command or " ".join(sys.argv),
-        "config": cfg.to_dict(),
+        "command": portable(command or " ".join(sys.argv)),
+        "config": {k: portable(v) if isinstance(v, str) else v for k, v in cfg.to_dict().items()},
         "data": "an endless seeded stream of the data engine's toy dialogues (curation.synthetic_stream: "
         f"{cfg.min_steps}-{cfg.max_steps} steps, the prompt pool's wordings, the user's picture before or "
         f"after the text, action kinds weighted {cfg.kind_weights})",
         "text_encoder": None
         if cfg.part == "mllm"
         else f"the {cfg.preset} preset's MLLM, frozen (all-layer hidden states before <BOV>)",
-        "init": cfg.init or f"random weights at seed {cfg.seed}",
+        "init": portable(cfg.init) if cfg.init else f"random weights at seed {cfg.seed}",
         "dialogues_seen": result.step * cfg.batch_size * world,
         "processes": world,
         "steps": result.step,
