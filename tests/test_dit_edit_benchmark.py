@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parent / "benchmarks" / "dit_edit_learning.py"
 
 
@@ -25,6 +27,7 @@ def test_prints_one_json_line_with_its_figures():
     assert 0.5 < result["edit_error_vs_copy"] < 2.0
 
 
+@pytest.mark.slow  # the shipped DiT on 48 held-out edits: .ci/run
 def test_the_shipped_pretrained_dit_carries_out_edits_with_its_own_text_encoder():
     """`--pretrained`: no training; the package's DiT judged on held-out edits. A random or copying DiT
     scores ~1 or more on edit error (the scratch run above: 0.5-2) and follows none."""

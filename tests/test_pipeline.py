@@ -22,6 +22,8 @@ import yaml
 from duogen.components.pipeline.pipeline import duogen_pipeline
 from duogen.platform.model_store import pair_folder
 
+pytestmark = pytest.mark.slow  # the whole pipeline three times (killed, resumed, again): .ci/run
+
 DUOGEN = str(Path(sys.executable).parent / "duogen")
 STAGE2_STEPS = 120  # long enough to be killed after its first checkpoint (every 50 steps)
 

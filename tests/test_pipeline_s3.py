@@ -11,8 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
 from s3_server import s3_server  # noqa: E402
+
+pytestmark = pytest.mark.slow  # the whole pipeline on S3: .ci/run
 
 DUOGEN = str(Path(sys.executable).parent / "duogen")
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -34,6 +35,7 @@ def _changed(a: dict, b: dict) -> bool:
     return any(not torch.equal(a[k], b[k].to(a[k].dtype)) for k in a)
 
 
+@pytest.mark.slow  # a resumed pretraining run: .ci/run
 def test_dit_pretraining_writes_its_card_and_curve_resumes_and_keeps_its_text_encoder(tmp_path):
     first = _run("dit", tmp_path, 4, "--eval-every", "2", "--eval-count", "3", "--nproc", "1")
     assert first["status"] == "finished" and list(first["curve"]) == ["2", "4"]
@@ -80,6 +82,7 @@ def test_mllm_pretraining_writes_a_transformers_folder_with_its_card(tmp_path):
     assert _changed(init.mllm.model.state_dict(), shipped)  # a random start, not the shipped MLLM
 
 
+@pytest.mark.slow  # two torchrun processes: .ci/run
 def test_two_processes_train_data_parallel(tmp_path):
     result = _run("dit", tmp_path, 2, "--eval-every", "0", "--eval-count", "2", "--nproc", "2")
     card = json.loads((Path(result["dit"]) / "CARD.json").read_text())

@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from operator_env import operator_env, start_pods, wait_pods  # noqa: E402
 from test_manifests import kustomize  # noqa: E402
 
+pytestmark = pytest.mark.slow  # jobs of 2x2 processes: .ci/run
+
 DUOGEN = str(Path(sys.executable).parent / "duogen")
 TOL = 1e-5
 

@@ -24,6 +24,8 @@ from duogen.platform import storage
 sys.path.insert(0, str(Path(__file__).parent))
 from s3_server import s3_server  # noqa: E402
 
+pytestmark = pytest.mark.slow  # torchrun jobs of several processes: .ci/run
+
 DUOGEN = str(Path(sys.executable).parent / "duogen")
 STEPS = 4
 TOL = 1e-5
