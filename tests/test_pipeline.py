@@ -1,8 +1,11 @@
 """The pipeline as users meet it: compiled for the KFP UI (and loaded back), and run on this machine
 through KFP's local subprocess runner (`duogen pipeline run --local --size small`, which `duogen run` runs
-too), killed during Stage 2 and started again. The MLflow store it leaves is read back: a run per step
-linked by the KFP run id, the registered version with its metrics and lineage, the alias decision, and the
-answer page the promoted model served over HTTP."""
+too) with its root and MLflow's artifacts on a real S3 server (SeaweedFS on 127.0.0.1), killed during
+Stage 2 and started again, then once more. Every step's folder (toy world, shards, checkpoints, models, the
+report, the answer page) lands in the bucket and nothing but MLflow's database and KFP's records stays on
+the local disk. The MLflow store it leaves is read back: a run per step linked by the KFP run id, the
+registered version with its metrics and lineage, the alias decision, and the answer page the promoted
+model served over HTTP."""
 
 from __future__ import annotations
 
@@ -20,12 +23,16 @@ import pytest
 import yaml
 
 from duogen.components.pipeline.pipeline import duogen_pipeline
-from duogen.platform.model_store import pair_folder
+from duogen.platform.model_store import local_pair_dir
 
-pytestmark = pytest.mark.slow  # the whole pipeline three times (killed, resumed, again): .ci/run
+sys.path.insert(0, str(Path(__file__).parent))
+from s3_server import s3_server  # noqa: E402
 
 DUOGEN = str(Path(sys.executable).parent / "duogen")
 STAGE2_STEPS = 120  # long enough to be killed after its first checkpoint (every 50 steps)
+ROOT = "runs/pipelines"  # in the bucket: the pipeline's root is s3://runs/pipelines
+RUN = f"{ROOT}/toy"
+slow = pytest.mark.slow  # the whole pipeline three times (killed, resumed, again): .ci/run
 
 
 def test_the_compiled_pipeline_loads_back_with_every_parameter(tmp_path):
@@ -74,25 +81,15 @@ def test_the_compiled_pipeline_loads_back_with_every_parameter(tmp_path):
     assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 2 and "retryPolicy" not in tasks["register"]
 
 
-def _run(out: Path, *extra: str, kill_when: Path | None = None) -> subprocess.CompletedProcess | None:
-    cmd = [
-        DUOGEN,
-        "run",
-        "--size",
-        "small",
-        "--out",
-        str(out),
-        "--set",
-        f"stage2_steps={STAGE2_STEPS}",
-        *extra,
-    ]
-    env = {**os.environ, "DUOGEN_SCRATCH": str(out / "scratch")}
+def _run(out: Path, env: dict, kill_when=None) -> subprocess.CompletedProcess | None:
+    cmd = [DUOGEN, "run", "--size", "small", "--out", str(out), "--set", f"stage2_steps={STAGE2_STEPS}"]
+    cmd += ["--set", f"root=s3://{ROOT}", "--artifacts", "s3://runs/mlflow"]
     if kill_when is None:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     with open(out.parent / "killed.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + 600
-    while not kill_when.exists():
+    while not kill_when():
         assert proc.poll() is None, (out.parent / "killed.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "Stage 2 never wrote a checkpoint"
         time.sleep(0.5)
@@ -101,23 +98,53 @@ def _run(out: Path, *extra: str, kill_when: Path | None = None) -> subprocess.Co
     return None
 
 
+def _records(fs) -> dict[str, tuple]:
+    """Each finished step's record in the bucket: (last modified, etag)."""
+    fs.invalidate_cache()
+    return {
+        p.split("/")[-2]: (fs.info(p)["LastModified"], fs.info(p)["ETag"])
+        for p in fs.glob(f"{RUN}/*/_step.json")
+    }
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """One local run killed during Stage 2, then the same command again (it finishes), then once more."""
-    out = tmp_path_factory.mktemp("pipeline") / "out"
+    """One local run on S3 killed during Stage 2, then the same command again (it finishes), then once more.
+    The test process reads the bucket and MLflow's artifacts with the same credentials."""
+    work = tmp_path_factory.mktemp("pipeline")
+    out = work / "out"
     out.mkdir()
-    _run(out, kill_when=out / "toy" / "stage2" / "checkpoints" / "latest")
-    records = {p.parent.name: p.stat().st_mtime_ns for p in (out / "toy").glob("*/_step.json")}
-    second = _run(out)
-    assert second.returncode == 0, second.stderr[-4000:]
-    third = _run(out)
-    assert third.returncode == 0, third.stderr[-4000:]
-    return {
-        "out": out,
-        "before": records,
-        "line": json.loads(second.stdout.strip().splitlines()[-1]),
-        "again": json.loads(third.stdout.strip().splitlines()[-1]),
-    }
+    with s3_server(work / "s3") as s3:
+        s3.create_bucket("runs")
+        fs = s3.filesystem()
+        env = {**os.environ, **s3.env, "DUOGEN_SCRATCH": str(work / "scratch")}
+        saved = {k: os.environ.get(k) for k in s3.env}
+        os.environ.update(s3.env)
+        try:
+
+            def checkpointed() -> bool:
+                fs.invalidate_cache()
+                return fs.exists(f"{RUN}/stage2/checkpoints/latest")
+
+            _run(out, env, kill_when=checkpointed)
+            records = _records(fs)
+            second = _run(out, env)
+            assert second.returncode == 0, second.stderr[-4000:]
+            third = _run(out, env)
+            assert third.returncode == 0, third.stderr[-4000:]
+            yield {
+                "out": out,
+                "fs": fs,
+                "before": records,
+                "line": json.loads(second.stdout.strip().splitlines()[-1]),
+                "again": json.loads(third.stdout.strip().splitlines()[-1]),
+            }
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def _mlflow(out: Path):
@@ -128,12 +155,13 @@ def _mlflow(out: Path):
     return mlflow, mlflow.MlflowClient()
 
 
+@slow
 def test_finished_steps_are_not_redone_and_stage2_resumes_from_its_checkpoint(run):
     out, before = run["out"], run["before"]
     assert {"toyworld", "stage1"} <= set(before)
     assert "stage2" not in before  # killed during it
-    after = {p.parent.name: p.stat().st_mtime_ns for p in (out / "toy").glob("*/_step.json")}
-    assert all(after[name] == mtime for name, mtime in before.items())  # not redone
+    after = _records(run["fs"])
+    assert all(after[name] == record for name, record in before.items())  # not redone
     mlflow, client = _mlflow(out)
     experiment = mlflow.get_experiment_by_name("duogen-pipeline")
     stage2 = client.search_runs([experiment.experiment_id], "tags.stage = 'stage2'")
@@ -148,6 +176,28 @@ def test_finished_steps_are_not_redone_and_stage2_resumes_from_its_checkpoint(ru
     assert len(client.search_model_versions("name = 'duogen-toy'")) == 1
 
 
+@slow
+def test_every_artifact_of_the_run_is_in_object_storage(run):
+    """Fails when a step keeps something on the local disk (a pod's disk goes with the pod)."""
+    fs, line = run["fs"], run["line"]
+    steps = {p.rsplit("/", 1)[-1] for p in fs.ls(RUN)}
+    assert {"toyworld", "dataset", "stage1", "stage2", "evaluate", "register", "deploy-champion"} <= steps
+    assert fs.exists(f"{RUN}/stage2/model/duogen_config.json")
+    assert fs.exists(f"{RUN}/stage2/checkpoints/latest")  # checkpoints straight to S3
+    for source in ("web", "video", "synthetic"):
+        assert any(p.endswith(".tar") for p in fs.ls(f"{RUN}/curate-{source}-0of1")), source
+    assert fs.exists(f"{RUN}/evaluate/report.html")
+    assert line["answer_page"] == f"s3://{RUN}/deploy-champion/answer.html"
+    manifest = json.loads(fs.cat_file(f"{RUN}/dataset/manifest.json"))
+    assert all(u.startswith(f"s3://{RUN}/curate-") for us in manifest["sources"].values() for u in us)
+    assert {p.name for p in run["out"].iterdir()} <= {"mlflow.db", "kfp"}  # nothing else stays local
+    _, client = _mlflow(run["out"])
+    files = client.get_model_version_download_uri("duogen-toy", "1")  # the pyfunc model's folder
+    assert files.startswith("s3://runs/mlflow/") and fs.exists(files.removeprefix("s3://") + "/MLmodel")
+    assert fs.glob(files.removeprefix("s3://") + "/artifacts/*/duogen_config.json")  # its `pair`
+
+
+@slow
 def test_the_store_holds_stage_runs_linked_by_the_kfp_run_id(run):
     mlflow, client = _mlflow(run["out"])
     experiment = mlflow.get_experiment_by_name("duogen-pipeline")
@@ -181,16 +231,19 @@ def test_the_store_holds_stage_runs_linked_by_the_kfp_run_id(run):
     assert set(evaluate.data.metrics) >= {"t_com", "i_com", "i_co", "i_q", "t_com_ci_low"}
 
 
+@slow
 def test_the_registered_version_carries_metrics_lineage_and_the_alias_decision(run):
     out, line = run["out"], run["line"]
     _, client = _mlflow(out)
     version = client.get_model_version("duogen-toy", "1")
     metrics = client.get_run(version.run_id).data.metrics  # the gates read the registering run's metrics
     assert metrics == pytest.approx(line["metrics"]) and "t_com" in metrics
-    manifest = json.loads(Path(version.tags["lineage.dataset_manifest"]).read_text())
+    fs = run["fs"]
+    manifest = json.loads(fs.cat_file(version.tags["lineage.dataset_manifest"].removeprefix("s3://")))
     assert set(manifest["sources"]) == {"web", "video", "synthetic"}  # no alignment data was given
     for source, folders in manifest["sources"].items():  # every source curated into shards
-        assert any(Path(f).glob("shard-*.tar") for f in folders) and manifest["counters"][source], source
+        shards = [fs.glob(f.removeprefix("s3://") + "/shard-*.tar") for f in folders]
+        assert any(shards) and manifest["counters"][source], source
     runs = client.search_runs([_exp(client)])
     finished = [
         r.info.run_id for r in runs if r.info.run_name == "stage2" and r.data.tags["resumed"] == "True"
@@ -207,12 +260,11 @@ def test_the_registered_version_carries_metrics_lineage_and_the_alias_decision(r
     assert version.tags["promotion.champion"] == "promoted"
     history = json.loads(model.tags["alias.champion.history"])
     assert [h["version"] for h in history] == ["1"] and history[0]["previous"] is None
-    local = pair_folder(
-        Path(client.get_model_version_download_uri("duogen-toy", "1").removeprefix("file://"))
-    )
+    local = local_pair_dir("models:/duogen-toy/1", run["out"].parent / "cache")  # through MLflow, from S3
     assert (local / "duogen_config.json").exists() and (local / "dit").is_dir()
 
 
+@slow
 def test_the_promoted_version_loads_by_alias_as_an_mlflow_model_and_answers(run):
     """What an MLflow user does with the main job's registry: `mlflow.pyfunc.load_model` by alias, then
     `predict` a toy-world request. Fails when the version is plain artifacts (no MLmodel), when the pyfunc
@@ -244,30 +296,33 @@ def _exp(client) -> str:
     return client.get_experiment_by_name("duogen-pipeline").experiment_id
 
 
+@slow
 def test_the_promoted_model_answered_over_http_and_the_answer_is_a_page(run):
-    out = run["out"]
-    record = json.loads((out / "toy" / "deploy-champion" / "_step.json").read_text())["outputs"]
-    page = Path(record["page"])
-    assert page == Path(run["line"]["answer_page"]) and page.exists()
-    html = page.read_text()
+    fs = run["fs"]
+    record = json.loads(fs.cat_file(f"{RUN}/deploy-champion/_step.json"))["outputs"]
+    assert record["page"] == run["line"]["answer_page"]
+    html = fs.cat_file(record["page"].removeprefix("s3://")).decode()
     assert html.count("<img") == 1 + record["images"]  # the user's scene, then what the model drew
+    assert "DuoGen answers over HTTP" in html
     for sentence in filter(None, record["text"].split("\n")):
         assert sentence.strip()[:40].replace("&", "&amp;") in html
-    log = page.with_suffix(".server.log").read_text()
+    log = fs.cat_file(f"{RUN}/deploy-champion/answer.server.log").decode()
     assert re.search(r"POST /openai/v1/responses.*200", log)
 
 
-def test_stage1_hands_stage2_the_shipped_pretrained_dit(run):
+@slow
+def test_stage1_hands_stage2_the_shipped_pretrained_dit(run, tmp_path):
     """The toy pair starts its DiT from the package's pretrained one (as production's from Cosmos): Stage 1
     leaves the DiT as it was built, so Stage 2 aligns from exactly those weights."""
     from safetensors.torch import load_file
 
     from duogen.model.pretrained import pretrained_dit_dir
 
-    exported = sorted((run["out"] / "toy" / "stage1").glob("**/dit/diffusion_pytorch_model.safetensors"))
+    exported = sorted(run["fs"].glob(f"{RUN}/stage1/**/dit/diffusion_pytorch_model.safetensors"))
     assert exported, "Stage 1 exported no pair"
+    run["fs"].get(exported[0], str(tmp_path / "dit.safetensors"))
     shipped = load_file(str(pretrained_dit_dir("toy") / "diffusion_pytorch_model.safetensors"))
-    stage1 = load_file(str(exported[0]))
+    stage1 = load_file(str(tmp_path / "dit.safetensors"))
     assert set(stage1) == set(shipped) and all(stage1[k].equal(shipped[k]) for k in shipped)
 
 
