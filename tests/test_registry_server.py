@@ -41,6 +41,20 @@ DUOGEN = str(Path(sys.executable).parent / "duogen")
 DESTINATION = "s3://duogen/mlflow"
 
 
+def _wait_for(url: str, process: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+    """Until `url` answers 200; fails with the process's log when it exits or the time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{process.args[:4]} did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     work = tmp_path_factory.mktemp("release")
@@ -55,16 +69,7 @@ def release(tmp_path_factory):
         log = work / "mlflow.log"
         server = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.5)
+            _wait_for(f"{url}/health", server, log)
             pairs = {}
             for seed in (0, 1):  # two different pairs: versions 1 and 2
                 pairs[seed] = work / f"pair-{seed}"
@@ -216,16 +221,7 @@ def test_mlflow_models_serve_runs_the_registered_version(release, champion, tmp_
         command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow models serve did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        _wait_for(f"http://127.0.0.1:{port}/ping", server, log)
         body = {
             "dataframe_split": {"columns": ["prompt", "image"], "data": [["Draw a red circle.", ""]]},
             "params": {"max_new_tokens": 6},
