@@ -7,6 +7,7 @@ held-out sets from a split training never draws."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import pytest
 import torch
@@ -111,13 +112,16 @@ def test_stage1_examples_are_the_encoded_dialogue_and_held_out_edits_are_one_ste
 def test_a_pretraining_run_on_the_stream_resumes_on_the_uninterrupted_curve(tmp_path):
     """The stream is a pure function of the position, so a run stopped after step 2 and started again
     continues the very loss curve of one that never stopped (tiny preset, Stage 2's loss)."""
+    from duogen.components.training import stages
     from duogen.components.training.config import TrainConfig
     from duogen.components.training.loop import Trainer
+
+    spec = dataclasses.replace(stages.get("stage2"), examples=lambda pair: DialogueData(pair, "stage2"))
 
     def run(out, **kw):
         cfg = TrainConfig(stage="stage2", model="tiny", out=str(out), steps=4, batch_size=2, warmup_steps=1,
                           ckpt_every=100, log_every=100, **kw)  # fmt: skip
-        trainer = Trainer(cfg, progress=False, examples=lambda pair: DialogueData(pair, "stage2"))
+        trainer = Trainer(cfg, progress=False, spec=spec)
         return trainer.train().losses
 
     whole = run(tmp_path / "whole")

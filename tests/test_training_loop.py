@@ -71,6 +71,33 @@ def test_stage1_trains_only_the_mllm_and_stage2_only_the_dit(shards, tmp_path):
     assert all(torch.equal(v, t2.pair.mllm.state_dict()[k]) for k, v in mllm_before.items())
 
 
+def test_the_loop_trains_whatever_its_spec_names(shards, tmp_path):
+    """A new stage is a spec, not a branch in the loop: one that trains only the DiT's connector (Stage 2's
+    loss and examples otherwise) moves the connector and nothing else, and its name reaches the run. A loop
+    that still picks its trainable module, loss or data by `cfg.stage` trains the whole DiT and fails."""
+    import dataclasses
+
+    from duogen.components.training import stages
+
+    stage2 = stages.get("stage2")
+    connector_only = dataclasses.replace(
+        stage2,
+        name="connector_only",
+        trainable=lambda pair: pair.dit.crossattn_proj,
+        param_groups=lambda model, cfg: [{"params": list(model.parameters())}],
+    )
+    trainer = Trainer(_cfg(shards, tmp_path, stage="stage2", steps=2), progress=False, spec=connector_only)
+    before = {n: p.detach().clone() for n, p in trainer.pair.dit.named_parameters()}
+    result = trainer.train()
+    moved = {n for n, p in trainer.pair.dit.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(n.startswith("crossattn_proj.") for n in moved), sorted(moved)[:5]
+    assert len(moved) == len(list(trainer.pair.dit.crossattn_proj.parameters()))
+    tags = sqlite3.connect(tmp_path / "mlflow.db").execute("select value from tags where key = 'stage'")
+    assert [row[0] for row in tags] == ["connector_only"] and result.status == "finished"
+    with pytest.raises(ValueError, match="stage must be one of stage1, stage2"):
+        TrainConfig(stage="stage3")
+
+
 @pytest.mark.parametrize("ratio", [0.1, 0.0])
 def test_stage2_trains_the_connector_at_lr_and_the_dit_body_at_its_ratio(shards, tmp_path, ratio):
     """Adam's first step moves every parameter with a gradient by about its group's lr (times warm-up)."""
@@ -213,7 +240,7 @@ def test_a_one_process_run_trains_on_its_gpu(shards, tmp_path, monkeypatch, fp8)
     """No process group (WORLD_SIZE=1, tp=1): the pair still goes to this process's GPU, before any
     Transformer Engine / FP8 layer is built, and autocast is on. CUDA is faked (this machine has none):
     `is_available` says yes, and moves and TE layer swaps are recorded instead of done."""
-    import duogen.components.training.loop as loop
+    import duogen.components.training.stages.stage2 as stage2
 
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -221,7 +248,7 @@ def test_a_one_process_run_trains_on_its_gpu(shards, tmp_path, monkeypatch, fp8)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: events.append(("set_device", str(d))))
     monkeypatch.setattr(DuoGenPair, "to", lambda self, d: events.append(("to", str(d))) or self)
-    monkeypatch.setattr(loop, "parallelize_dit", lambda dit, tp, fp8: events.append(("te_layers", tp, fp8)))
+    monkeypatch.setattr(stage2, "parallelize_dit", lambda dit, tp, fp8: events.append(("te_layers", tp, fp8)))
     trainer = Trainer(_cfg(shards, tmp_path, stage="stage2", fp8=fp8), progress=False)
     assert trainer.parallel is None and trainer.device == torch.device("cuda", 1)
     expected = [("set_device", "cuda:1"), ("to", "cuda:1")] + ([("te_layers", 1, "delayed")] if fp8 else [])

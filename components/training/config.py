@@ -11,13 +11,15 @@ from typing import Any
 
 from duogen.platform.key_value import split_items
 
+from . import stages
+
 
 @dataclass
 class TrainConfig:
-    stage: str = "stage2"  # "stage1" (MLLM only) or "stage2" (connector + DiT, MLLM frozen)
+    stage: str = "stage2"  # a spec in stages/: "stage1" (the MLLM) or "stage2" (connector + DiT, MLLM frozen)
     model: str = "tiny"  # a preset name (fresh weights) or a saved pair directory
     shards: list[str] = field(default_factory=list)  # shard files or folders
-    mix: dict[str, float] = field(default_factory=dict)  # stage 2: weight per sample source (empty: as found)
+    mix: dict[str, float] = field(default_factory=dict)  # weight per sample source ({}: as found)
     out: str = "outputs/train"
     steps: int = 100
     batch_size: int = 4  # examples per micro-batch, on each data-parallel rank
@@ -35,7 +37,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     text_dropout: float = 0.1  # stage 2, for CFG
-    ema: float | None = None  # decay of an EMA of the DiT (stage 2)
+    ema: float | None = None  # decay of an EMA of the trained module (exported in its place)
     activation_checkpointing: bool = False
     seed: int = 0
     log_every: int = 10
@@ -54,8 +56,8 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.stage not in ("stage1", "stage2"):
-            raise ValueError(f"stage must be 'stage1' or 'stage2', got {self.stage!r}")
+        if self.stage not in stages.names():
+            raise ValueError(f"stage must be one of {', '.join(stages.names())}, got {self.stage!r}")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("steps, batch_size and grad_accum must be at least 1")
         if self.token_budget is not None and self.token_budget < 1:
@@ -147,15 +149,12 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def recipe(stage: str) -> dict[str, Any]:
-    """A stage's recipe (`recipes/STAGE.toml`, in the package) as fields; Stage 2's draw over the sources
-    comes from the curation registry unless the recipe says otherwise."""
-    if stage not in ("stage1", "stage2"):
-        raise ValueError(f"stage must be 'stage1' or 'stage2', got {stage!r}")
+    """A stage's recipe (`recipes/STAGE.toml`, in the package) as fields; the draw over the sources is the
+    stage's default (Stage 2: the curation registry's shares) unless the recipe says otherwise."""
+    spec = stages.get(stage)
     data = _read(RECIPES / f"{stage}.toml")
-    if stage == "stage2" and "mix" not in data:
-        from duogen.components.curation.registry import stage2_mix
-
-        data["mix"] = stage2_mix()
+    if "mix" not in data and (mix := spec.default_mix()):
+        data["mix"] = mix
     return data
 
 

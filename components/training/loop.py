@@ -1,13 +1,13 @@
-"""The training loop of both stages: AdamW, warmup + cosine, clipping, accumulation, EMA, checkpoints, MLflow.
+"""The training loop: AdamW, warmup + cosine, clipping, accumulation, EMA, checkpoints, MLflow, for any stage.
 
-Stage 1 trains only the MLLM (next-token loss; user turns and vision tokens masked, `<BOV>` in the loss).
-Stage 2 freezes the MLLM (no grads, eval mode) and trains connector + DiT with flow matching. Everything a
-step draws at random (which examples, which target image, timesteps, noise) is seeded by the step or the
-example position, so a run resumed from a checkpoint continues exactly the loss curve of an uninterrupted
-one. SIGTERM (a pod eviction) finishes the current step, writes a checkpoint and stops.
+What a stage trains, on which examples, with which loss and how its module is parallelized is its spec
+(`stages/`: Stage 1 tunes the MLLM, Stage 2 the connector + DiT with the MLLM frozen); this loop knows no
+stage. Everything a step draws at random (which examples, which target image, timesteps, noise) is seeded by
+the step or the example position, so a run resumed from a checkpoint continues exactly the loss curve of an
+uninterrupted one. SIGTERM (a pod eviction) finishes the current step, writes a checkpoint and stops.
 
 Distributed (started by torchrun or a PyTorchJob, i.e. WORLD_SIZE > 1, or `tp` > 1): `init_distributed(tp)`,
-then the trained model is parallelized from outside (`parallelize_dit` / `parallelize_mllm`, tensor parallel
+then the trained model is parallelized by its spec (`parallelize_dit` / `parallelize_mllm`, tensor parallel
 over `tp` ranks, Transformer Engine + FP8 on GPU nodes) and data parallel (DDP) over the remaining ranks.
 Data-parallel rank r takes the micro-batch at global position `position + (micro * dp + r) * batch_size`, so
 the ranks see different examples, the checkpointed position stays global (a run resumes under another data-
@@ -34,28 +34,25 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from duogen.model.flow import flow_matching_loss
-from duogen.model.mllm import DuoGenMLLM
 from duogen.model.pair import DuoGenPair
 from duogen.model.presets import PRESETS, get_preset
 from duogen.platform import storage
 from duogen.platform.model_store import local_pair_dir
 from duogen.platform.steps import input_dir
 
-from . import checkpoint
+from . import checkpoint, stages
 from .config import TrainConfig
-from .data import index_samples, pack_by_token_budget, stage1_example, stage2_example
+from .data import index_samples
 from .fp8 import fp8_autocast
 from .parallelize import (
     ParallelState,
     gather_full_state_dict,
     init_distributed,
     local_device,
-    parallelize_dit,
-    parallelize_mllm,
     shutdown_distributed,
     wrap_data_parallel,
 )
+from .stages import StageSpec
 
 
 @dataclass
@@ -94,29 +91,6 @@ def ema_decay(target: float, step: int) -> float:
     return min(target, (1 + step) / (10 + step))
 
 
-class Stage1Loss(nn.Module):
-    """Mean next-token loss of a micro-batch in one module call, so DDP sees one forward per backward."""
-
-    def __init__(self, mllm: DuoGenMLLM) -> None:
-        super().__init__()
-        self.mllm = mllm
-
-    def forward(self, examples) -> torch.Tensor:
-        return torch.stack([self.mllm.forward(e, with_loss=True).loss for e in examples]).mean()
-
-
-class Stage2Loss(nn.Module):
-    """Flow-matching loss of a micro-batch in one module call (DDP wraps this, not the DiT: the loss reads
-    the DiT's config, which a DDP wrapper hides)."""
-
-    def __init__(self, dit: nn.Module, flow) -> None:
-        super().__init__()
-        self.dit, self.flow = dit, flow
-
-    def forward(self, examples, generator: torch.Generator) -> torch.Tensor:
-        return flow_matching_loss(self.dit, examples, self.flow, generator)
-
-
 def clip_grad_norm_tensor_parallel(model: nn.Module, max_norm: float) -> torch.Tensor:
     """`clip_grad_norm_` for a tensor-parallel model: the norm of the whole (dense) gradient, the same on
     every TP rank. Squares of sharded gradients are summed over the TP group; replicated ones (identical on
@@ -151,13 +125,15 @@ class Trainer:
         progress: bool = True,
         evaluate: Callable[[DuoGenPair], dict] | None = None,
         eval_every: int = 0,
-        examples: Callable[[DuoGenPair], Callable[[int], object]] | None = None,
+        spec: StageSpec | None = None,
     ) -> None:
-        """`evaluate(pair) -> metrics` runs on rank 0 every `eval_every` steps and at the end (a learning
-        curve: logged to MLflow as `eval_<name>` and returned in `TrainResult.evaluations`). `examples(pair)`
-        gives a generated data source in place of the shards (`source(position) -> example`, a pure function
-        of the position so resume and data parallelism hold): the DiT's pretraining edits."""
+        """`spec`: the stage (default: `cfg.stage`'s). `evaluate(pair) -> metrics` runs on rank 0 every
+        `eval_every` steps and at the end (a learning curve: logged to MLflow as `eval_<name>` and returned in
+        `TrainResult.evaluations`). A spec with `examples` trains on that generated source in place of the
+        shards (`source(position) -> example`, a pure function of the position so resume and data parallelism
+        hold): pretraining's dialogue stream."""
         self.cfg = cfg
+        self.spec = spec = spec or stages.get(cfg.stage)
         self.evaluate, self.eval_every = evaluate, eval_every
         self.parallel: ParallelState | None = self._init_distributed(cfg)
         self.is_main = self.parallel is None or self.parallel.is_main
@@ -171,11 +147,11 @@ class Trainer:
             if cfg.model in PRESETS
             else DuoGenPair.from_pretrained(local_pair_dir(cfg.model))
         )
-        self.source = examples(self.pair) if examples is not None else None
+        self.source = spec.examples(self.pair) if spec.examples is not None else None
         self.samples, self.weights = [], []
         if self.source is None:
             self._index_samples(cfg)
-        self.model = self.pair.mllm.model if cfg.stage == "stage1" else self.pair.dit
+        self.model = spec.trainable(self.pair)
         for p in self.pair.parameters():
             p.requires_grad_(False)
         self.pair.eval()
@@ -185,35 +161,18 @@ class Trainer:
         self.pair.to(self.device)  # before TP/TE/FP8 swap layers in: those are built where the model is
         self.decode = self._image_decoder()
         if cfg.activation_checkpointing:
-            if cfg.stage == "stage1":
-                self.model.gradient_checkpointing_enable()
-            else:
-                self.pair.dit.gradient_checkpointing = True
-        self._parallelize()
-        if cfg.stage == "stage1":
-            loss = Stage1Loss(self.pair.mllm)
-        else:
-            loss = Stage2Loss(self.pair.dit, self.pair.config.flow)
-        self.loss_module = self._data_parallel(loss)
-        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            spec.activation_checkpointing(self.pair)
+        if self.parallel is not None or cfg.fp8 is not None:  # TP (and TE/FP8 layers), in place
+            spec.parallelize(self.model, self.parallel.tp_size if self.parallel else 1, cfg.fp8)
+        self.loss_module = self._data_parallel(spec.loss(self.pair))
+        groups = spec.param_groups(self.model, cfg)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_cosine(s, cfg))
-        # EMA of the DiT's parameters by name (local shards under TP, like the parameters)
+        # EMA of the trained parameters by name (local shards under TP, like the parameters)
         self.ema = (
-            {name: p.detach().clone() for name, p in self.model.named_parameters()}
-            if cfg.ema and cfg.stage == "stage2"
-            else None
+            {name: p.detach().clone() for name, p in self.model.named_parameters()} if cfg.ema else None
         )
         self.stop_requested = False
-
-    def _param_groups(self) -> list[dict]:
-        """Stage 2: the connector at lr, the DiT's own layers at lr x dit_lr_ratio (one group when equal)."""
-        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        if self.cfg.stage == "stage1" or self.cfg.dit_lr_ratio == 1.0:
-            return [{"params": [p for _, p in params]}]
-        connector = [p for n, p in params if n.startswith("crossattn_proj.")]
-        body = [p for n, p in params if not n.startswith("crossattn_proj.")]
-        groups = [{"params": connector}, {"params": body, "lr": self.cfg.lr * self.cfg.dit_lr_ratio}]
-        return [g for g in groups if g["params"]]
 
     def _index_samples(self, cfg: TrainConfig) -> None:
         """An index of the samples (their text and where their images sit in the shards), not the images: each
@@ -222,13 +181,10 @@ class Trainer:
         self.samples = [
             entry for entry in index_samples(shard_files(cfg.shards))
             if entry.sample.lineage.stages.get("split") != "eval"
+            if self.spec.keeps(entry.sample)
         ]  # fmt: skip
-        if cfg.stage == "stage2":
-            self.samples = [
-                e for e in self.samples if any(p.type == "bov" for t in e.sample.turns for p in t.parts)
-            ]
         if not self.samples:
-            raise ValueError("the shards hold no usable samples for " + cfg.stage)
+            raise ValueError("the shards hold no usable samples for " + self.spec.name)
         weights = [cfg.mix.get(e.sample.source, 0.0 if cfg.mix else 1.0) for e in self.samples]
         if sum(weights) <= 0:
             sources = sorted({e.sample.source for e in self.samples})
@@ -258,23 +214,13 @@ class Trainer:
             )
         return init_distributed(cfg.tp, seed=cfg.seed)
 
-    def _parallelize(self) -> None:
-        """Tensor parallelism (and TE/FP8 layers) applied to the built model, in place."""
-        if self.parallel is None and self.cfg.fp8 is None:
-            return
-        tp = self.parallel.tp_size if self.parallel else 1
-        if self.cfg.stage == "stage2":
-            parallelize_dit(self.pair.dit, tp, fp8=self.cfg.fp8)
-        else:
-            parallelize_mllm(self.model, tp, fp8=self.cfg.fp8)
-
     def _data_parallel(self, module: nn.Module) -> nn.Module:
-        """DDP over the data-parallel group; Stage 1 allows unused parameters (text-only micro-batches leave
-        the vision tower without gradients)."""
+        """DDP over the data-parallel group (looking for unused parameters where the spec says a micro-batch
+        can leave some without gradients)."""
         if self.dp_size == 1:
             return module
         return wrap_data_parallel(
-            module, self.parallel.dp_group, find_unused_parameters=self.cfg.stage == "stage1"
+            module, self.parallel.dp_group, find_unused_parameters=self.spec.find_unused_parameters
         )
 
     def _mean_over_data_parallel(self, value: float) -> float:
@@ -305,26 +251,24 @@ class Trainer:
                 return self.source(position)
         rng = random.Random(f"{self.cfg.seed}:{position}")
         entry = self.samples[rng.choices(range(len(self.samples)), self.weights)[0]]
-        sample, images = entry.sample, entry.read_images()
-        if self.cfg.stage == "stage1":
-            return stage1_example(self.pair, sample, images, self.decode)
-        with self.autocast():  # the frozen MLLM and VAE run in the training dtype too
-            return stage2_example(self.pair, sample, images, rng, self.cfg.text_dropout, self.decode)
+        with self.autocast():  # frozen parts that make the example (MLLM, VAE) run in the training dtype too
+            return self.spec.example(
+                self.pair, entry.sample, entry.read_images(), rng, self.cfg.text_dropout, self.decode
+            )
 
     def micro_batches(self, position: int) -> list[list]:
         """This rank's examples of the step starting at global data `position`, split into the micro-batches
-        that each get one forward/backward: `grad_accum` groups of `batch_size`, or (Stage 2 with
-        `token_budget`) packs of at most that many DiT tokens."""
+        that each get one forward/backward: `grad_accum` groups of `batch_size`, or (a spec that packs, with
+        `token_budget`) packs of at most that many tokens."""
         cfg = self.cfg
         groups = [
             [self.example_at(position + (micro * self.dp_size + self.dp_rank) * cfg.batch_size + i)
              for i in range(cfg.batch_size)]
             for micro in range(cfg.grad_accum)
         ]  # fmt: skip
-        if cfg.stage == "stage1" or cfg.token_budget is None:
+        if self.spec.pack is None or cfg.token_budget is None:
             return groups
-        examples = [ex for group in groups for ex in group]
-        return pack_by_token_budget(examples, cfg.token_budget, self.pair.config.dit.patch_size)
+        return self.spec.pack([ex for group in groups for ex in group], cfg.token_budget, self.pair)
 
     def autocast(self):
         """bf16 autocast on a GPU (the trained part and the frozen ones alike); nothing on the CPU."""
@@ -333,9 +277,8 @@ class Trainer:
     def micro_loss(self, step: int, micro: int, examples: list) -> torch.Tensor:
         """The mean loss of one micro-batch."""
         with self.autocast(), fp8_autocast(self.model):
-            if self.cfg.stage == "stage1":
-                return self.loss_module(examples)
-            # timesteps and noise: the same on the ranks of a TP group, different per data-parallel rank
+            # what the loss draws (timesteps, noise): the same on the ranks of a TP group, different per
+            # data-parallel rank
             seed = self.cfg.seed * 1_000_003 + step * 131 + micro + (self.dp_rank << 32)
             return self.loss_module(examples, torch.Generator().manual_seed(seed))
 
@@ -360,7 +303,11 @@ class Trainer:
         completed = start_step
         try:
             bar = tqdm(
-                total=cfg.steps, initial=start_step, desc=cfg.stage, unit="step", disable=not self.progress
+                total=cfg.steps,
+                initial=start_step,
+                desc=self.spec.name,
+                unit="step",
+                disable=not self.progress,
             )
             for step in range(start_step, cfg.steps):
                 loss = self._step(step, position)
@@ -378,12 +325,12 @@ class Trainer:
                     and ((step + 1) % self.eval_every == 0 or step + 1 == cfg.steps)
                 ):
                     evaluations[step + 1] = metrics = self._evaluate()
-                    bar.write(f"{cfg.stage} step {step + 1} eval {metrics}")
+                    bar.write(f"{self.spec.name} step {step + 1} eval {metrics}")
                     if tracker:
                         numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
                         tracker.metrics({f"eval_{k}": v for k, v in numbers.items()}, step)
                 if self.is_main and (step + 1) % cfg.log_every == 0:
-                    bar.write(f"{cfg.stage} step {step + 1}/{cfg.steps} loss {loss:.4f}")
+                    bar.write(f"{self.spec.name} step {step + 1}/{cfg.steps} loss {loss:.4f}")
                 last = step + 1 == cfg.steps
                 if cfg.stop_at is not None and step + 1 >= cfg.stop_at:
                     self.stop_requested = True
@@ -465,7 +412,7 @@ class Trainer:
         return self.loss_module.no_sync()
 
     def _export(self, path: Path) -> Path:
-        """The trained pair in `from_pretrained` format (the EMA DiT when one is kept), written by rank 0.
+        """The trained pair in `from_pretrained` format (the EMA weights when kept), written by rank 0.
         Tensor-parallel weights are gathered (every rank takes part) into a dense copy of the model."""
         if self.ema is not None:
             with torch.no_grad():
@@ -477,29 +424,23 @@ class Trainer:
             return path
         full = gather_full_state_dict(self.model)
         if self.is_main:
-            self._dense_pair(full).eval().save_pretrained(path)
+            dense = type(self.model)(self.model.config)  # its config is the dense one
+            dense.load_state_dict(full)
+            self.spec.with_trainable(self.pair, dense).eval().save_pretrained(path)
         return path
-
-    def _dense_pair(self, state_dict: dict[str, torch.Tensor]) -> DuoGenPair:
-        """The pair with the trained part rebuilt dense from its gathered state dict (its config is dense)."""
-        dense = type(self.model)(self.model.config)
-        dense.load_state_dict(state_dict)
-        pair = self.pair
-        if self.cfg.stage == "stage2":
-            return DuoGenPair(pair.config, pair.mllm, dense, pair.vae)
-        mllm = DuoGenMLLM(pair.mllm.cfg, dense, pair.mllm.tokenizer, pair.mllm.image_processor)
-        return DuoGenPair(pair.config, mllm, pair.dit, pair.vae)
 
     def _tracker(self, resumed: bool):
         from duogen.platform.tracking import Tracker, default_artifacts, default_uri
 
         cfg = self.cfg
-        tags = {"stage": cfg.stage, "resumed": str(resumed)}
+        tags = {"stage": self.spec.name, "resumed": str(resumed)}
         if cfg.pipeline_run_id:
             tags["pipeline_run_id"] = cfg.pipeline_run_id
         local = cfg.tracking_uri is None
         uri = default_uri(cfg.out) if local else cfg.tracking_uri
-        tracker = Tracker(uri, cfg.experiment, cfg.stage, tags, default_artifacts(cfg.out) if local else None)
+        tracker = Tracker(
+            uri, cfg.experiment, self.spec.name, tags, default_artifacts(cfg.out) if local else None
+        )
         tracker.params(cfg.to_dict())
         tracker.config(cfg.to_dict())
         if self.source is None:

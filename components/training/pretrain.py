@@ -12,7 +12,8 @@ toy pair starts the same way, from two shipped parts this module makes, in this 
   held-out dialogues drawn teacher-forced.
 
 Both run the product's `Trainer` (checkpoints and exact resume, progress, MLflow, data parallel under
-torchrun with one process per core) with a generated example source in place of shards, and end with
+torchrun with one process per core) on their stage's spec with a generated example source in place of
+shards (`pretraining_spec`), and end with
 OUT/<part> in its library's layout plus `CARD.json`: command, seed, data, steps, minutes, the curve.
 """
 
@@ -34,10 +35,12 @@ from duogen.model.dit import DuoGenDiT
 from duogen.model.pair import DuoGenPair
 from duogen.model.presets import get_preset
 
+from . import stages
 from .config import TrainConfig
 from .loop import Trainer
 from .pretrain_config import PretrainConfig
 from .pretrain_data import DialogueData
+from .stages import StageSpec
 
 # judge(pair, data) -> metrics: the learning curve's evaluation (the CLI passes the evaluation library's)
 Judge = Callable[[DuoGenPair, DialogueData], dict]
@@ -69,9 +72,24 @@ def init_pair(cfg: PretrainConfig) -> Path:
     return path
 
 
+def base_stage(cfg: PretrainConfig) -> str:
+    """The stage whose loss pretrains the part: Stage 1's for the MLLM, Stage 2's for the DiT."""
+    return "stage1" if cfg.part == "mllm" else "stage2"
+
+
+def pretraining_spec(cfg: PretrainConfig) -> StageSpec:
+    """The part's pretraining as a stage: its base stage's spec trained on the dialogue stream."""
+    stage, stream = base_stage(cfg), stream_config(cfg)
+    return dataclasses.replace(
+        stages.get(stage),
+        name=f"pretrain_{cfg.part}",
+        examples=lambda pair: DialogueData(pair, stage, stream, cfg.text_dropout),
+    )
+
+
 def train_config(cfg: PretrainConfig) -> TrainConfig:
     return TrainConfig(
-        stage="stage1" if cfg.part == "mllm" else "stage2",
+        stage=base_stage(cfg),
         model=str(init_pair(cfg)),
         out=str(Path(cfg.out) / "train"),
         steps=cfg.steps,
@@ -116,18 +134,12 @@ def pretrain(
     """Pretrain `cfg.part` (a rerun resumes from OUT's checkpoints) and write OUT/<part> with CARD.json.
     Returns the result on the main process, None on the other data-parallel ranks."""
     started = time.perf_counter()
-    stream = stream_config(cfg)
-    stage = "stage1" if cfg.part == "mllm" else "stage2"
-
-    def examples(pair: DuoGenPair) -> DialogueData:
-        return DialogueData(pair, stage, stream, cfg.text_dropout)
-
     trainer = Trainer(
         train_config(cfg),
         progress=progress,
         evaluate=lambda pair: judge(pair, trainer.source),
         eval_every=cfg.eval_every,
-        examples=examples,
+        spec=pretraining_spec(cfg),
     )
     try:
         result = trainer.train()

@@ -3,7 +3,7 @@
 Qwen2.5-VL-Instruct and Cosmos were pretrained before anyone joined them; the toy pair's parts are too, on an
 endless seeded stream of the data engine's own dialogues (`curation.synthetic_stream`: 1-4 steps, the pool's
 wordings, the user's picture before or after the text). Each position becomes an example through the very
-functions the stages use (`stage1_example`, `stage2_example`), so pretraining is shaped exactly as Stage 1 /
+function the stage's spec uses (`stages/`), so pretraining is shaped exactly as Stage 1 /
 Stage 2 and generation are: for the DiT one random step of a dialogue is the target, every earlier picture a
 condition frame, the text stream the all-layer hidden states of everything before its `<BOV>` from the
 pair's MLLM (the shipped pretrained one: the DiT's fixed text encoder, as Cosmos' is its Qwen2.5-VL), and
@@ -26,7 +26,8 @@ from duogen.components.toyworld import Task
 from duogen.model.chat import ImagePart
 from duogen.model.pair import DuoGenPair
 
-from .data import stage1_example, stage2_example, to_conversation
+from . import stages
+from .data import to_conversation
 
 
 @dataclass
@@ -51,17 +52,14 @@ class DialogueData:
         stream: StreamConfig | None = None,
         text_dropout: float = 0.0,
     ) -> None:
-        if stage not in ("stage1", "stage2"):
-            raise ValueError(f"stage must be 'stage1' or 'stage2', got {stage!r}")
+        self.spec = stages.get(stage)  # a stage name that is no spec is an error naming the stages
         self.pair, self.stage, self.stream = pair, stage, stream or StreamConfig()
         self.text_dropout = text_dropout
 
     def __call__(self, position: int):
         sample, files, _ = stream_dialogue(self.stream, position)
-        if self.stage == "stage1":
-            return stage1_example(self.pair, sample, files)
-        rng = random.Random(f"stage2:{self.stream.seed}:{position}")  # the target step and the text dropout
-        return stage2_example(self.pair, sample, files, rng, self.text_dropout)
+        rng = random.Random(f"stage2:{self.stream.seed}:{position}")  # e.g. the target step, the text dropout
+        return self.spec.example(self.pair, sample, files, rng, self.text_dropout)
 
     def held_out_dialogues(self, count: int, steps=(2, 3, 4)):
         """(sample, images, task) of `count` eval-split dialogues, for `evaluate_teacher_forced`."""

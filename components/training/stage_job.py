@@ -1,6 +1,6 @@
 """A training stage as a pipeline runs it: the data from a dataset manifest, the result a model folder.
 
-Stage 1 reads the dialogue sources (web, synthetic, alignment); Stage 2 reads every source with its mix.
+Each stage reads the curated sources its spec reads (Stage 1 the dialogue sources, Stage 2 all of them).
 `launcher="local"` trains on this machine (in-process for one process, torchrun for more: the path a
 PyTorchJob's pods run); a cluster launcher is passed in by the caller and receives the same config.
 """
@@ -11,9 +11,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from duogen.components.curation.registry import stage1_sources
 from duogen.platform import storage
 
+from . import stages
 from .config import TrainConfig
 from .loop import TrainResult
 from .run import train
@@ -25,7 +25,7 @@ def manifest_shards(manifest_uri: str, stage: str) -> list[str]:
     if text is None:
         raise FileNotFoundError(f"dataset manifest {manifest_uri} does not exist")
     sources = json.loads(text)["sources"]
-    names = [s for s in sources if stage == "stage2" or s in stage1_sources()]
+    names = [s for s in sources if stages.get(stage).reads(s)]
     return [u for s in names for u in sources[s]]
 
 

@@ -36,7 +36,9 @@ def add_train(sub) -> None:
     train = sub.add_parser(
         "train", help="train Stage 1 (MLLM) or Stage 2 (connector + DiT)", description=cmd_train.__doc__
     )
-    train.add_argument("stage", choices=["stage1", "stage2"], help="which stage")
+    from duogen.components.training.stages import names
+
+    train.add_argument("stage", choices=names(), help="which stage (components/training/stages)")
     train.add_argument(
         "--config",
         default=None,
