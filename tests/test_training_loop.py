@@ -57,6 +57,29 @@ def test_preempted_run_resumes_on_the_same_loss_curve(shards, tmp_path, stage):
         assert got == pytest.approx(whole.losses[step], abs=1e-6), step
 
 
+def test_a_text_only_stage1_batch_still_gives_every_parameter_a_gradient():
+    """DDP runs without `find_unused_parameters` (no graph search per step), so every backward must reach
+    every trainable parameter: a micro-batch without pictures gives the vision tower zero gradients, not
+    none. Without the loss's zero-weighted term the tower's gradients are None and a two-rank DDP run
+    would stop at its next step waiting for them."""
+    from duogen.components.training import stages
+    from duogen.model.chat import TextPart, Turn
+    from duogen.model.presets import get_preset
+
+    pair = DuoGenPair.build(get_preset("tiny"), seed=0)
+    spec = stages.get("stage1")
+    model = spec.trainable(pair)
+    text_only = pair.mllm.encode(
+        [Turn("user", [TextPart("move the circle")]), Turn("assistant", [TextPart("ok")])]
+    )
+    assert not text_only.image_spans and not spec.find_unused_parameters
+    spec.loss(pair)([text_only]).backward()
+    vision = {n for n, _ in model.model.visual.named_parameters()}
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing[:5]
+    assert all(not p.grad.any() for n, p in model.model.visual.named_parameters()) and vision
+
+
 def test_stage1_trains_only_the_mllm_and_stage2_only_the_dit(shards, tmp_path):
     import torch
 

@@ -501,8 +501,9 @@ def wrap_data_parallel(
     Each tensor-parallel shard all-reduces its gradients with the same shard on the other data-parallel
     replicas (megatron's DP group holds exactly those ranks). With one data-parallel rank the model is
     returned as is. `gather_full_state_dict` / `load_full_state_dict` accept the wrapped model.
-    `find_unused_parameters` is for models where a batch may leave parts without gradients (Stage 1: a
-    text-only micro-batch never reaches the vision tower)."""
+    `find_unused_parameters` is for models where a batch may leave parts without gradients; it costs a graph
+    search per step, so the stages' losses reach every parameter instead (Stage 1's a text-only
+    micro-batch's vision tower through a zero-weighted term)."""
     if dp_group is None:
         dp_group = _megatron()[0].get_data_parallel_group()
     if dist.get_world_size(dp_group) == 1:

@@ -16,14 +16,22 @@ from . import StageSpec
 
 
 class Stage1Loss(nn.Module):
-    """Mean next-token loss of a micro-batch in one module call, so DDP sees one forward per backward."""
+    """Mean next-token loss of a micro-batch in one module call, so DDP sees one forward per backward.
+
+    A micro-batch without pictures never reaches the vision tower; a zero-weighted term puts the tower's
+    parameters in the graph anyway (zero gradients), so every backward gives DDP every gradient and DDP need
+    not search the graph for unused parameters on each step (`find_unused_parameters`)."""
 
     def __init__(self, mllm: DuoGenMLLM) -> None:
         super().__init__()
         self.mllm = mllm
 
     def forward(self, examples, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.stack([self.mllm.forward(e, with_loss=True).loss for e in examples]).mean()
+        loss = torch.stack([self.mllm.forward(e, with_loss=True).loss for e in examples]).mean()
+        if not any(e.image_spans for e in examples):
+            vision = self.mllm.model.model.visual.parameters()
+            loss = loss + 0.0 * sum(p.sum() for p in vision if p.requires_grad)
+        return loss
 
 
 def with_trainable(pair: DuoGenPair, model: nn.Module) -> DuoGenPair:
@@ -43,5 +51,4 @@ SPEC = StageSpec(
     activation_checkpointing=lambda pair: pair.mllm.model.gradient_checkpointing_enable(),
     param_groups=lambda model, cfg: [{"params": [p for p in model.parameters() if p.requires_grad]}],
     reads=lambda source: source in stage1_sources(),
-    find_unused_parameters=True,  # a text-only micro-batch never reaches the vision tower
 )
