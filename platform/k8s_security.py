@@ -1,5 +1,5 @@
-"""The security settings of every pod DuoGen creates on a cluster (PyTorchJobs, InferenceServices), the same
-as the chart's and the manifests' containers: the restricted Pod Security Standard."""
+"""The security settings of the pods DuoGen creates on a cluster itself (PyTorchJobs; the InferenceService is
+the chart's), the same as the chart's and the manifests' containers: the restricted Pod Security Standard."""
 
 from __future__ import annotations
 
