@@ -69,49 +69,71 @@ def _usage(usage: Usage | None) -> dict:
 
 
 class ResponseBuilder:
-    """Builds one Responses object from the events; `feed` also returns the SSE events for streaming."""
+    """Builds one Responses object from the events; `feed` also returns the SSE events for streaming.
 
-    def __init__(self, model: str, request) -> None:
+    The object carries every field of the Open Responses `ResponseResource` (all are required there, the
+    nullable ones as null): the request's settings echoed as they were applied (`temperature` and `top_p`
+    are the values sampling used, not the request's nulls), and what this server does not do stated as such
+    (no truncation, no reasoning, no penalties, nothing stored in the background)."""
+
+    def __init__(self, model: str, request, options) -> None:
         self.id, self.created = new_id("resp"), int(time.time())
-        self.model, self.request = model, request
+        self.model, self.request, self.options = model, request, options
         self.output: list[dict] = []
         self.text_open = False
         self.seq = 0
         self.finished: Finished | None = None
+        self.completed_at: int | None = None
+        self.failure: dict | None = None
 
     def response(self, status: str) -> dict:
         incomplete = status == "incomplete"
+        request, options = self.request, self.options
         return {
             "id": self.id,
             "object": "response",
             "created_at": self.created,
+            "completed_at": self.completed_at,
             "status": status,
-            "model": self.model,
-            "output": self.output,
-            "instructions": self.request.instructions,
-            "max_output_tokens": self.request.max_output_tokens,
-            "temperature": self.request.temperature,
-            "top_p": self.request.top_p,
-            "parallel_tool_calls": False,
-            "tool_choice": "auto",
-            "tools": [],
-            "text": {"format": {"type": "text"}},
-            "metadata": {},
-            "error": None,
             "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+            "model": self.model,
+            "previous_response_id": None,
+            "instructions": request.instructions,
+            "output": self.output,
+            "error": self.failure,
+            "tools": [],
+            "tool_choice": request.tool_choice_echo(),
+            "truncation": "disabled",
+            "parallel_tool_calls": False,
+            "text": {"format": {"type": "text"}},
+            "top_p": options.top_p,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "top_logprobs": 0,
+            "temperature": options.temperature,
+            "reasoning": None,
             "usage": _usage(self.finished.usage) if self.finished else None,
+            "max_output_tokens": request.max_output_tokens,
+            "max_tool_calls": None,
+            "store": False,
+            "background": False,
+            "service_tier": "default",
+            "metadata": request.metadata or {},
+            "safety_identifier": request.safety_identifier,
+            "prompt_cache_key": request.prompt_cache_key,
         }
 
     def _event(self, kind: str, **fields) -> str:
         self.seq += 1
         return sse(kind, {"type": kind, "sequence_number": self.seq - 1, **fields})
 
-    def _close_text(self) -> list[str]:
+    def _close_text(self, status: str = "completed") -> list[str]:
+        """Close the open message item: `incomplete` when the answer was cut there (it is then the last)."""
         if not self.text_open:
             return []
         self.text_open = False
         item = self.output[-1]
-        item["status"] = "completed"
+        item["status"] = status
         index, part = len(self.output) - 1, item["content"][0]
         return [
             self._event(
@@ -203,18 +225,30 @@ class ResponseBuilder:
             )
             out.append(self._event("response.output_item.done", output_index=index, item=item))
         elif isinstance(event, Finished):
-            out += self._close_text()
-            self.finished = event
+            self.finished, self.completed_at = event, int(time.time())
             status = self.status()
+            out += self._close_text(status)
             kind = "response.completed" if status == "completed" else "response.incomplete"
             out.append(self._event(kind, response=self.response(status)))
         return out
 
     def status(self) -> str:
+        if self.failure is not None:
+            return "failed"
         return "incomplete" if self.finished and self.finished.reason != "stop" else "completed"
 
-    def error(self, code: str, message: str) -> str:
-        return self._event("error", code=code, message=message, param=None)
+    def fail(self, kind: str, code: str, message: str) -> list[str]:
+        """A failure after the stream started: the spec's `error` event (its payload nested under `error`,
+        where both official SDKs look to raise) followed by `response.failed` carrying the error."""
+        self.failure = {"code": code, "message": message}
+        error = {"type": kind, "code": code, "message": message, "param": None}
+        return [
+            self._event("error", error=error),
+            self._event("response.failed", response=self.response("failed")),
+        ]
+
+
+DONE = sse(None, "[DONE]")  # the terminal event of every stream (Open Responses and chat completions alike)
 
 
 # --- Chat completions --------------------------------------------------------------------------------------

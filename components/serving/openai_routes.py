@@ -23,11 +23,27 @@ from . import metrics
 from .convert import chat_conversation, image_request_conversation, responses_conversation
 from .engine import RequestTimeout
 from .inputs import decode_image
-from .openai_output import ChatChunks, ResponseBuilder, chat_completion, images_response, sse
+from .openai_output import DONE, ChatChunks, ResponseBuilder, chat_completion, images_response, sse
 from .predictor import DuoGenPredictor, collect
 from .schemas import ChatRequest, ImagesRequest, ResponsesRequest
 
 log = logging.getLogger("duogen.serving")
+
+
+class Unsupported(Exception):
+    """A request field asking for what this server does not do: a 400 whose `param` names the field."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class NotFound(Exception):
+    """A request naming something this server does not have (a stored response): a 404 `not_found`."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class UnknownModel(Exception):
@@ -118,10 +134,20 @@ def openai_router(predictor: DuoGenPredictor) -> APIRouter:
     @router.post("/responses")
     async def responses(body: ResponsesRequest, request: Request):
         _check_model(predictor, body.model)
+        if (refused := body.refusal()) is not None:
+            raise Unsupported(*refused)
+        if body.previous_response_id is not None:
+            raise NotFound(
+                "previous_response_id",
+                f"no stored response {body.previous_response_id!r}: this server stores no responses (each "
+                "says store: false); send the earlier turns in input",
+            )
         conversation = await responses_conversation(body, limits)
         options = predictor.options(body, body.max_output_tokens, force_bov=body.starts_with_image())
+        if body.tool_choice == "none":  # no tool call: no picture
+            options = dataclasses.replace(options, max_images=0)
         rid = request.state.request_id
-        builder = ResponseBuilder(predictor.name, body)
+        builder = ResponseBuilder(predictor.name, body, options)
         events = predictor.stream(conversation, options, rid)
         if not body.stream:
 
@@ -140,9 +166,11 @@ def openai_router(predictor: DuoGenPredictor) -> APIRouter:
                     for chunk in builder.feed(event, body.size):
                         yield chunk
             except Exception as err:  # noqa: BLE001 - the status is sent: say it in the stream
-                yield builder.error(*_stream_error(err, rid))
+                for chunk in builder.fail(*_stream_error(err, rid)):
+                    yield chunk
             finally:
                 await events.aclose()
+            yield DONE
 
         return _stream_response(chunks(), "/openai/v1/responses")
 
@@ -168,10 +196,10 @@ def openai_router(predictor: DuoGenPredictor) -> APIRouter:
                 async for i, event in merged:
                     for chunk in builder.feed(i, event):
                         yield chunk
-                yield sse(None, "[DONE]")
+                yield DONE
             except Exception as err:  # noqa: BLE001 - the status is sent: say it in the stream
-                code, message = _stream_error(err, rid)
-                yield sse(None, {"error": {"message": message, "type": "server_error", "code": code}})
+                kind, code, message = _stream_error(err, rid)
+                yield sse(None, {"error": {"message": message, "type": kind, "code": code, "param": None}})
             finally:
                 await merged.aclose()
 
@@ -231,7 +259,7 @@ def openai_router(predictor: DuoGenPredictor) -> APIRouter:
         try:
             body = ImagesRequest.model_validate(fields)
         except ValidationError as err:
-            raise DuoGenInputError(_validation_message(err)) from None
+            raise DuoGenInputError(validation_message(err)[1]) from None
         if not files or any(isinstance(f, str) for f in files):
             raise DuoGenInputError("images/edits needs one or more 'image' files")
         pictures = []
@@ -257,33 +285,40 @@ async def _admit(predictor: DuoGenPredictor, conversation, options, n: int, rid:
     return streams
 
 
-def _stream_error(err: Exception, rid: str) -> tuple[str, str]:
-    """(code, message) for an error after a stream has started; no internals for unexpected ones."""
+def _stream_error(err: Exception, rid: str) -> tuple[str, str, str]:
+    """(type, code, message) for an error after a stream has started; no internals for unexpected ones."""
     if isinstance(err, DuoGenInputError):
-        return "invalid_request", str(err)
+        return "invalid_request_error", "invalid_request", str(err)
     if isinstance(err, RequestTimeout):
-        return "timeout", str(err)
+        return "server_error", "timeout", str(err)
     log.error("error while streaming", exc_info=err, extra={"fields": {"request_id": rid}})
-    return "server_error", f"internal server error (request id {rid})"
+    return "server_error", "server_error", f"internal server error (request id {rid})"
 
 
-def _validation_message(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors()[:5]:
-        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {e.get('msg')}")
-    return "; ".join(parts)
+TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _where(error: dict) -> str:
+    """A pydantic error's location as the field path a client wrote (`input[0].content[1]`), without the
+    union members pydantic puts in it (`list[union[...]]`, `InputMessage`, `str`)."""
+    path = ""
+    for part in error.get("loc", ()):
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part != "body" and "[" not in part and not part[:1].isupper() and part not in TYPE_TAGS:
+            path += f".{part}" if path else part
+    return path or "body"
+
+
+def validation_message(err) -> tuple[str, str]:
+    """(param, message): the first field that is wrong and one line a person can read about it."""
+    errors = err.errors()
+    first = max(errors, key=lambda e: len(e.get("loc", ())), default={})  # the most specific
+    param = _where(first)
+    return param, f"{param}: {first.get('msg', 'invalid request')}"
 
 
 def validation_error_response(err) -> JSONResponse:
-    return JSONResponse(
-        status_code=400,
-        content={
-            "error": {
-                "message": _validation_message(err),
-                "type": "invalid_request_error",
-                "param": None,
-                "code": "invalid_value",
-            }
-        },
-    )
+    param, message = validation_message(err)
+    body = {"message": message, "type": "invalid_request_error", "param": param, "code": "invalid_value"}
+    return JSONResponse(status_code=400, content={"error": body})

@@ -66,19 +66,79 @@ class InputImageCall(BaseModel):
 
 
 class ResponsesRequest(Controls):
+    """`POST /responses`: the Open Responses `CreateResponseBody` fields. What this server cannot do is
+    refused by `refusal()` with the field named, not accepted and ignored."""
+
     input: str | list[InputMessage | InputImageCall] = Field(min_length=1, max_length=256)
     instructions: str | None = Field(None, max_length=100_000)
     max_output_tokens: int | None = Field(None, ge=1)
     stream: bool = False
-    # {"type": "image_generation"} or "required": the answer starts with a picture (OpenAI's image tool)
-    tool_choice: str | dict | None = None
+    # "required" with the image_generation tool, or {"type": "image_generation"}: the answer starts with a
+    # picture (OpenAI's image tool); "none": no picture at all
+    tool_choice: Literal["none", "auto", "required"] | dict | None = None
+    tools: list[dict] | None = Field(None, max_length=64)
+    previous_response_id: str | None = Field(None, max_length=256)
+    store: bool | None = None
+    background: bool | None = None
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+    safety_identifier: str | None = Field(None, max_length=256)
+    prompt_cache_key: str | None = Field(None, max_length=256)
+    text: dict | None = None
+    reasoning: dict | None = None
+    include: list[str] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    parallel_tool_calls: bool | None = None
+    max_tool_calls: int | None = Field(None, ge=1)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    service_tier: str | None = Field(None, max_length=32)
+
+    def picture_tool(self) -> bool:
+        return any(tool.get("type") == "image_generation" for tool in self.tools or [])
 
     def starts_with_image(self) -> bool:
         choice = self.tool_choice
-        forced = choice == "required" or (
+        forced = (choice == "required" and self.picture_tool()) or (
             isinstance(choice, dict) and choice.get("type") == "image_generation"
         )
         return self.force_image or forced
+
+    def tool_choice_echo(self) -> str | dict:
+        return "auto" if self.tool_choice is None else self.tool_choice
+
+    def refusal(self) -> tuple[str, str] | None:
+        """(param, message) of the first field asking for what this server does not do, or None."""
+        for i, tool in enumerate(self.tools or []):
+            if tool.get("type") != "image_generation":
+                return f"tools[{i}]", (
+                    f"tools of type {tool.get('type')!r} are not supported: this model calls no functions; "
+                    "its one tool is image_generation (it draws pictures into its answer)"
+                )
+        choice = self.tool_choice
+        if choice == "required" and not self.picture_tool():
+            return "tool_choice", (
+                'tool_choice \'required\' needs a tool to call: list {"type": "image_generation"} in tools '
+                "(the one tool here: drawing a picture)"
+            )
+        if isinstance(choice, dict) and choice.get("type") != "image_generation":
+            kind = choice.get("type")
+            return "tool_choice", f"tool_choice of type {kind!r} is not supported (no function tools)"
+        fmt = (self.text or {}).get("format") or {}
+        if fmt.get("type", "text") != "text":
+            return "text.format", f"text.format {fmt.get('type')!r} is not supported: answers are free text"
+        if self.reasoning and any(self.reasoning.get(k) not in (None, "none") for k in ("effort", "summary")):
+            return "reasoning", "reasoning is not supported: this model has no separate reasoning channel"
+        if self.include:
+            return "include", f"include {self.include[0]!r} is not supported (no logprobs or reasoning items)"
+        if self.background:
+            return "background", "background responses are not supported: stream the response to follow it"
+        if self.top_logprobs:
+            return "top_logprobs", "logprobs are not supported"
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                return name, f"{name} is not supported (only 0)"
+        return None
 
 
 # --- Chat completions --------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from duogen.model.errors import DuoGenInputError
 
 from . import metrics
 from .engine import QueueFull, RequestTimeout
-from .openai_routes import UnknownModel, openai_router, validation_error_response
+from .openai_routes import NotFound, UnknownModel, Unsupported, openai_router, validation_error_response
 from .predictor import DuoGenPredictor, PredictorSettings
 
 _argv, sys.argv = sys.argv, sys.argv[:1]  # kserve parses sys.argv when imported
@@ -92,8 +92,10 @@ def _configure_logging() -> None:
         log.propagate = False
 
 
-def _error(status: int, message: str, kind: str, code: str | None = None, headers=None) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+def _error(
+    status: int, message: str, kind: str, code: str | None = None, headers=None, param: str | None = None
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
@@ -241,7 +243,13 @@ def install(app: FastAPI, predictor: DuoGenPredictor, settings: ServeSettings) -
         return _error(504, str(err), "timeout", "timeout")
 
     async def unknown_model(request: Request, err: UnknownModel):
-        return _error(404, str(err), "invalid_request_error", "model_not_found")
+        return _error(404, str(err), "invalid_request_error", "model_not_found", param="model")
+
+    async def unsupported_field(request: Request, err: Unsupported):
+        return _error(400, str(err), "invalid_request_error", "unsupported_parameter", param=err.param)
+
+    async def not_found(request: Request, err: NotFound):
+        return _error(404, str(err), "not_found", "not_found", param=err.param)
 
     async def not_ready(request: Request, err: ModelNotReady):
         return _error(503, str(err), "server_error", "model_not_ready", {"Retry-After": "5"})
@@ -267,6 +275,8 @@ def install(app: FastAPI, predictor: DuoGenPredictor, settings: ServeSettings) -
     app.add_exception_handler(QueueFull, busy)
     app.add_exception_handler(RequestTimeout, timeout)
     app.add_exception_handler(UnknownModel, unknown_model)
+    app.add_exception_handler(Unsupported, unsupported_field)
+    app.add_exception_handler(NotFound, not_found)
     app.add_exception_handler(ModelNotReady, not_ready)
     app.add_exception_handler(NotImplementedError, unsupported)
     app.add_exception_handler(StarletteHTTPException, http_error)

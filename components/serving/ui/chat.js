@@ -63,7 +63,7 @@ $("clear").addEventListener("click", () => {
   $("log").replaceChildren();
 });
 
-// Parse a text/event-stream body into (event, data) pairs.
+// Parse a text/event-stream body into its events' data, up to the terminal [DONE].
 async function* events(response) {
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
@@ -77,6 +77,7 @@ async function* events(response) {
       const block = buffer.slice(0, end);
       buffer = buffer.slice(end + 2);
       const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+      if (data === "[DONE]") return; // the stream's terminal event
       if (data) yield JSON.parse(data);
     }
   }
@@ -121,7 +122,7 @@ $("composer").addEventListener("submit", async (ev) => {
         const img = addImage(answer, "data:image/png;base64," + e.item.result, "generated picture");
         img.className = "generated";
         if (pending[e.item.id]) pending[e.item.id].remove();
-      } else if (e.type === "error") throw new Error(e.message);
+      } else if (e.type === "error") throw new Error(e.error.message);
       else if (e.type === "response.completed" || e.type === "response.incomplete") {
         history.push({ role: "user", content });
         for (const item of e.response.output) {

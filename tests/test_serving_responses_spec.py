@@ -1,0 +1,179 @@
+"""`POST /openai/v1/responses` against the Open Responses specification (version 2026-04-24): every response
+object and stream event validated with the specification's own JSON schemas (tests/data/openresponses, not
+our reading of them), the stream framed as the spec says ([DONE] last, errors nested and followed by
+`response.failed`), a cut answer's item `incomplete`, and what the server cannot do refused with a 400 naming
+the field instead of being ignored. A real `duogen serve` process with a tiny pair; raw HTTP where the
+framing is the point, the official `openai` client where users meet it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import APIError, BadRequestError, NotFoundError, OpenAI
+
+sys.path.insert(0, str(Path(__file__).parent))
+from openresponses import event_schema, problems  # noqa: E402
+from serving_server import predictor_server  # noqa: E402
+
+DUOGEN = str(Path(sys.executable).parent / "duogen")
+TEXT_ONLY = {"model": "duogen", "input": "Move the red circle to the left.", "tool_choice": "none"}
+
+
+@pytest.fixture(scope="module")
+def pair_dir(tmp_path_factory) -> Path:
+    from duogen.model.pair import DuoGenPair
+    from duogen.model.presets import get_preset
+
+    path = tmp_path_factory.mktemp("spec") / "pair"
+    DuoGenPair.build(get_preset("tiny"), seed=0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(pair_dir, tmp_path_factory):
+    command = [DUOGEN, "serve", "--model", str(pair_dir), "--max-new-tokens", "20000"]
+    with predictor_server(command, tmp_path_factory.mktemp("log") / "server.log") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server) -> OpenAI:
+    return OpenAI(base_url=server.openai, api_key="unused", timeout=60, max_retries=0)
+
+
+def sse_events(server, body: dict) -> tuple[list[tuple[str | None, object]], str]:
+    """(event line, parsed data) of every event of a streamed request, and the raw text."""
+    with httpx.stream("POST", f"{server.openai}/responses", json={**body, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    events = []
+    for block in raw.split("\n\n"):
+        if not block.strip():
+            continue
+        lines = dict(line.split(": ", 1) for line in block.split("\n"))
+        data = lines["data"]
+        events.append((lines.get("event"), data if data == "[DONE]" else json.loads(data)))
+    return events, raw
+
+
+def test_a_response_is_the_specs_response_resource_and_echoes_what_was_applied(server):
+    """All 31 fields of ResponseResource (a missing `completed_at` or `store`, a null `temperature` fail);
+    the settings echoed as applied: greedy sampling is temperature 0 and top_p 1, metadata and the caller's
+    identifiers come back; tool_choice "none" draws no picture; the answer cut at max_output_tokens is an
+    `incomplete` response whose last message item is `incomplete` too (it said `completed` before)."""
+    body = {**TEXT_ONLY, "max_output_tokens": 5, "metadata": {"ticket": "42"}, "safety_identifier": "user-7"}
+    r = httpx.post(f"{server.openai}/responses", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    response = r.json()
+    assert problems("ResponseResource", response) == []
+    assert response["status"] == "incomplete" and response["incomplete_details"] == {
+        "reason": "max_output_tokens"
+    }
+    assert [item["type"] for item in response["output"]] == ["message"]  # "none": no picture
+    assert response["output"][-1]["status"] == "incomplete"
+    assert (response["temperature"], response["top_p"]) == (0.0, 1.0)
+    assert response["metadata"] == {"ticket": "42"} and response["safety_identifier"] == "user-7"
+    assert response["completed_at"] >= response["created_at"] and response["store"] is False
+    assert response["usage"]["output_tokens"] == 5
+
+
+def test_a_stream_is_the_specs_event_sequence_ending_in_done(server, client):
+    """Each event matches the schema its `type` names and its `event:` line; sequence numbers count up from
+    0; the message item goes added -> part added -> deltas -> text done -> part done -> item done; the last
+    event is the literal [DONE] (the official client stops there)."""
+    events, raw = sse_events(server, {**TEXT_ONLY, "max_output_tokens": 6, "temperature": 0.7, "seed": 1})
+    assert events[-1] == (None, "[DONE]") and raw.endswith("data: [DONE]\n\n")
+    events = events[:-1]
+    for line, data in events:
+        assert line == data["type"]
+        assert problems(event_schema(data["type"]), data) == [], data["type"]
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    kinds = [data["type"] for _, data in events]
+    deltas = kinds.count("response.output_text.delta")
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * deltas,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.incomplete",
+    ]
+    final = events[-1][1]["response"]
+    assert final["temperature"] == 0.7 and final["output"][0]["status"] == "incomplete"
+    streamed = list(client.responses.create(stream=True, **TEXT_ONLY, max_output_tokens=6))
+    assert streamed[-1].type == "response.incomplete"
+
+
+@pytest.mark.parametrize(
+    "extra, param",
+    [
+        ({"tools": [{"type": "function", "name": "get_weather", "parameters": {}}]}, "tools[0]"),
+        ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text.format"),
+        ({"reasoning": {"effort": "high"}}, "reasoning"),
+        ({"include": ["message.output_text.logprobs"]}, "include"),
+        ({"background": True}, "background"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tool_choice": {"type": "function", "name": "get_weather"}}, "tool_choice"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_url": "x"}]}]},
+            "input[0].content[0]",
+        ),
+    ],
+)
+def test_what_the_server_cannot_do_is_refused_naming_the_field(server, extra, param):
+    """A function tool, a JSON schema, reasoning, logprobs, background mode, a forced tool call with no tool:
+    before, each was a 200 as if never asked. Now a 400 `invalid_request_error` whose `param` is the field
+    and whose message is one readable line."""
+    r = httpx.post(
+        f"{server.openai}/responses", json={**TEXT_ONLY, **extra, "max_output_tokens": 2}, timeout=60
+    )
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param, error
+    assert "\n" not in error["message"] and len(error["message"]) < 300 and "Traceback" not in r.text
+
+
+def test_refusals_reach_the_official_client_and_the_server_keeps_serving(client):
+    with pytest.raises(BadRequestError) as refused:
+        client.responses.create(
+            **TEXT_ONLY, tools=[{"type": "function", "name": "f", "parameters": {}, "strict": False}]
+        )
+    assert refused.value.param == "tools[0]"
+    with pytest.raises(NotFoundError) as missing:
+        client.responses.create(**TEXT_ONLY, previous_response_id="resp_unknown")
+    assert missing.value.body["type"] == "not_found" and missing.value.param == "previous_response_id"
+    # OpenAI's own image tool is this server's tool: "required" with it starts the answer with a picture
+    drawn = client.responses.create(
+        model="duogen", input="Draw it.", tools=[{"type": "image_generation"}], tool_choice="required",
+        max_output_tokens=2, extra_body={"size": "32x32"},
+    )  # fmt: skip
+    assert drawn.output[0].type == "image_generation_call"
+
+
+def test_an_error_mid_stream_is_the_specs_error_event_then_response_failed(pair_dir, tmp_path):
+    """The request runs past its deadline after its stream began: the spec's `error` event (payload nested
+    under `error`, where both official SDKs look) and `response.failed` carrying it, then [DONE]; the
+    official client raises instead of ending quietly. (A server with a half-second deadline: the tiny pair
+    needs seconds to fill its 4,096-token context.)"""
+    long = {**TEXT_ONLY, "max_output_tokens": 20000}
+    command = [DUOGEN, "serve", "--model", str(pair_dir), "--max-new-tokens", "20000", "--timeout", "0.5"]
+    with predictor_server(command, tmp_path / "server.log") as hurried:
+        events, _ = sse_events(hurried, long)
+        client = OpenAI(base_url=hurried.openai, api_key="unused", timeout=60, max_retries=0)
+        with pytest.raises(APIError, match="timeout"):
+            for _ in client.responses.create(stream=True, **long):
+                pass
+    assert events[-1] == (None, "[DONE]")
+    (_, error), (_, failed) = events[-3], events[-2]
+    assert problems("ErrorStreamingEvent", error) == [] and error["error"]["code"] == "timeout"
+    assert problems("ResponseFailedStreamingEvent", failed) == []
+    assert failed["response"]["status"] == "failed" and failed["response"]["error"]["code"] == "timeout"
