@@ -41,13 +41,15 @@ def one_request(client: httpx.Client, url: str, body: dict) -> dict:
         for line in r.iter_lines():
             if not line.startswith("data: "):
                 continue
+            if line == "data: [DONE]":  # the stream's terminal event
+                break
             event = json.loads(line[6:])
             if first is None and event["type"] == "response.output_item.added":
                 first = time.perf_counter() - start
             if event["type"] == "response.image_generation_call.completed":
                 images += 1
             if event["type"] == "error":
-                return {"status": 200, "error": event["message"]}
+                return {"status": 200, "error": event["error"]["message"]}
     return {"status": 200, "seconds": time.perf_counter() - start, "first": first, "images": images}
 
 
