@@ -76,6 +76,16 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     os.replace(tmp, target)
 
 
+def delete(path: str | os.PathLike) -> bool:
+    """Remove the file; False when there was none."""
+    fs, inner = filesystem(path)
+    try:
+        fs.rm_file(inner)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def dcp_writer(path: str | os.PathLike):
     """DCP's storage writer for a checkpoint folder (local or URL)."""
     from torch.distributed.checkpoint import FileSystemWriter

@@ -186,6 +186,8 @@ def test_containers_run_commands_that_exist_with_flags_their_programs_accept():
     served = parser.parse_args(argv)  # KServe appends the InferenceService's args to the runtime's
     assert (served.model, served.host, served.port) == ("models:/duogen@champion", "0.0.0.0", 8080)
     assert served.reload_interval == 60
+    # stored Responses in the release's bucket: every replica continues every other's conversations
+    assert (served.response_store, served.response_ttl) == ("s3://duogen/responses", 24)
     assert container["ports"][0]["containerPort"] == served.port
     # ready once the model is loaded, alive as soon as the server answers (a slow load is not a restart)
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
@@ -234,7 +236,7 @@ def test_storage_uri_mode_lets_kserve_download_with_the_annotated_service_accoun
     objects, _ = render(_values(CHART / "ci" / "external-s3-values.yaml"))
     predictor = by_kind(objects, "InferenceService")["duogen"]["spec"]["predictor"]
     assert predictor["model"]["storageUri"] == "s3://acme-duogen/models/duogen-7b2b/v3"
-    assert "args" not in predictor["model"]
+    assert not any(a.startswith("--model") for a in predictor["model"]["args"])  # the runtime's /mnt/models
     sa = by_kind(objects, "ServiceAccount")[predictor["serviceAccountName"]]
     assert sa["secrets"] == [{"name": "acme-s3-credentials"}]
     assert sa["metadata"]["annotations"]["serving.kserve.io/s3-endpoint"] == "s3.eu-central-1.amazonaws.com"

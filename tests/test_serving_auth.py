@@ -64,13 +64,15 @@ def test_auth_is_required_where_it_matters(server):
 
 def test_a_full_queue_answers_429_with_retry_after(server):
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    long = {"input": "go", "max_output_tokens": 4000, "max_images": 0, "stream": True}
+    # a long picture (100 steps at 256x256: a second or more) keeps the one slot busy; a text answer of the
+    # random tiny pair may end after a few dozen tokens, before the second request arrives
+    long = {"input": "go", "force_image": True, "steps": 100, "size": "256x256", "stream": True}
     started, release = threading.Event(), threading.Event()
 
     def occupy():
         with httpx.stream("POST", f"{server.openai}/responses", json=long, headers=headers, timeout=120) as r:
             for line in r.iter_lines():
-                if "output_text.delta" in line:
+                if "image_generation_call.in_progress" in line:
                     started.set()
                 if release.is_set():
                     break  # leaving disconnects: the server stops this request

@@ -52,6 +52,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "the new version in (default: 0, never)",
     )
     p.add_argument(
+        "--response-store",
+        default=None,
+        help="where Responses are kept for previous_response_id and GET/DELETE /responses/{id}: a folder or "
+        "s3://bucket/prefix that every replica shares; 'none' keeps nothing (default: a temporary folder "
+        "of this process)",
+    )
+    p.add_argument(
+        "--response-ttl",
+        type=float,
+        default=24.0,
+        help="hours a stored response is kept (default: 24)",
+    )
+    p.add_argument(
         "--auth-token-file",
         default=None,
         help="require 'Authorization: Bearer <token>' with the token in this file (a mounted Secret); "
@@ -92,4 +105,6 @@ def settings_from_args(args: argparse.Namespace):
         auth_token=read_token(args.auth_token_file),
         max_body_bytes=args.max_body_bytes,
         predictor=predictor,
+        response_store=args.response_store,
+        response_ttl_s=args.response_ttl * 3600,
     )

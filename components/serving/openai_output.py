@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass
 
 from duogen.model.generate import Finished, ImageDone, ImageStarted, TextDelta, Usage
 from duogen.model.images import png_base64
@@ -45,9 +46,22 @@ def _message(item_id: str, text: str, status: str = "completed") -> dict:
     }
 
 
-def _image_call(item_id: str, image=None, size: str | None = None) -> dict:
+@dataclass(frozen=True)
+class Vocabulary:
+    """How a picture is named in a Responses answer: its item's type and its progress events' prefix."""
+
+    image_item: str
+    image_events: str
+
+
+OPENAI = Vocabulary("image_generation_call", "response.image_generation_call")
+# the Open Responses spec has no picture item: an implementor's own items and events carry its slug
+OPEN_RESPONSES = Vocabulary("duogen:image_generation_call", "duogen:image_generation_call")
+
+
+def _image_call(item_id: str, image=None, size: str | None = None, kind: str = OPENAI.image_item) -> dict:
     return {
-        "type": "image_generation_call",
+        "type": kind,
         "id": item_id,
         "status": "completed" if image is not None else "in_progress",
         "result": png_base64(image) if image is not None else None,
@@ -74,11 +88,14 @@ class ResponseBuilder:
     The object carries every field of the Open Responses `ResponseResource` (all are required there, the
     nullable ones as null): the request's settings echoed as they were applied (`temperature` and `top_p`
     are the values sampling used, not the request's nulls), and what this server does not do stated as such
-    (no truncation, no reasoning, no penalties, nothing stored in the background)."""
+    (no truncation, no reasoning, no penalties, no background mode)."""
 
-    def __init__(self, model: str, request, options) -> None:
+    def __init__(
+        self, model: str, request, options, stored: bool = False, vocabulary: Vocabulary = OPENAI
+    ) -> None:
         self.id, self.created = new_id("resp"), int(time.time())
-        self.model, self.request, self.options = model, request, options
+        self.model, self.request, self.options, self.stored = model, request, options, stored
+        self.vocabulary = vocabulary
         self.output: list[dict] = []
         self.text_open = False
         self.seq = 0
@@ -97,7 +114,7 @@ class ResponseBuilder:
             "status": status,
             "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
             "model": self.model,
-            "previous_response_id": None,
+            "previous_response_id": request.previous_response_id,
             "instructions": request.instructions,
             "output": self.output,
             "error": self.failure,
@@ -115,7 +132,7 @@ class ResponseBuilder:
             "usage": _usage(self.finished.usage) if self.finished else None,
             "max_output_tokens": request.max_output_tokens,
             "max_tool_calls": None,
-            "store": False,
+            "store": self.stored,
             "background": False,
             "service_tier": "default",
             "metadata": request.metadata or {},
@@ -126,6 +143,9 @@ class ResponseBuilder:
     def _event(self, kind: str, **fields) -> str:
         self.seq += 1
         return sse(kind, {"type": kind, "sequence_number": self.seq - 1, **fields})
+
+    def _picture_event(self, stage: str, item_id: str, index: int) -> str:
+        return self._event(f"{self.vocabulary.image_events}.{stage}", item_id=item_id, output_index=index)
 
     def _close_text(self, status: str = "completed") -> list[str]:
         """Close the open message item: `incomplete` when the answer was cut there (it is then the last)."""
@@ -199,30 +219,19 @@ class ResponseBuilder:
             )
         elif isinstance(event, ImageStarted):
             out += self._close_text()
-            item = _image_call(new_id("ig"), size=size)
+            item = _image_call(new_id("ig"), size=size, kind=self.vocabulary.image_item)
             self.output.append(item)
             index = len(self.output) - 1
             out.append(self._event("response.output_item.added", output_index=index, item=dict(item)))
-            out.append(
-                self._event(
-                    "response.image_generation_call.in_progress", item_id=item["id"], output_index=index
-                )
-            )
-            out.append(
-                self._event(
-                    "response.image_generation_call.generating", item_id=item["id"], output_index=index
-                )
-            )
+            for stage in ("in_progress", "generating"):
+                out.append(self._picture_event(stage, item["id"], index))
         elif isinstance(event, ImageDone):
             index = len(self.output) - 1
+            size = f"{event.image.width}x{event.image.height}"
             item = self.output[index] = _image_call(
-                self.output[index]["id"], event.image, f"{event.image.width}x{event.image.height}"
+                self.output[index]["id"], event.image, size, self.vocabulary.image_item
             )
-            out.append(
-                self._event(
-                    "response.image_generation_call.completed", item_id=item["id"], output_index=index
-                )
-            )
+            out.append(self._picture_event("completed", item["id"], index))
             out.append(self._event("response.output_item.done", output_index=index, item=item))
         elif isinstance(event, Finished):
             self.finished, self.completed_at = event, int(time.time())

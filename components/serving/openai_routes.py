@@ -1,4 +1,6 @@
-"""The OpenAI-style routes, mounted on the KServe server's FastAPI app under `/openai/v1`.
+"""The OpenAI-style routes, mounted on the KServe server's FastAPI app under `/openai/v1` (the Responses
+routes are in responses_routes.py), and what every such route shares: disconnect handling, SSE responses,
+errors.
 
 Protocol only: each route validates its body (schemas.py), turns it into a conversation (convert.py),
 asks the predictor for events and writes them out (openai_output.py). Errors are raised as exceptions that
@@ -20,12 +22,12 @@ from pydantic import ValidationError
 from duogen.model.errors import DuoGenInputError
 
 from . import metrics
-from .convert import chat_conversation, image_request_conversation, responses_conversation
+from .convert import chat_conversation, image_request_conversation
 from .engine import RequestTimeout
 from .inputs import decode_image
-from .openai_output import DONE, ChatChunks, ResponseBuilder, chat_completion, images_response, sse
+from .openai_output import DONE, ChatChunks, chat_completion, images_response, sse
 from .predictor import DuoGenPredictor, collect
-from .schemas import ChatRequest, ImagesRequest, ResponsesRequest
+from .schemas import ChatRequest, ImagesRequest
 
 log = logging.getLogger("duogen.serving")
 
@@ -51,12 +53,12 @@ class UnknownModel(Exception):
         super().__init__(f"model {name!r} is not served here; this server serves {served!r}")
 
 
-def _check_model(predictor: DuoGenPredictor, name: str | None) -> None:
+def check_model(predictor: DuoGenPredictor, name: str | None) -> None:
     if name is not None and name != predictor.name:
         raise UnknownModel(name, predictor.name)
 
 
-async def _until_disconnect(request: Request, work, streams: list):
+async def until_disconnect(request: Request, work, streams: list):
     """Run `work` over `streams`; stop it if the client goes away (a non-streaming request has no other
     signal). The streams are closed however it ends, which frees their places in the queue."""
     task = asyncio.ensure_future(work)
@@ -75,7 +77,7 @@ async def _until_disconnect(request: Request, work, streams: list):
             await stream.aclose()
 
 
-def _stream_response(chunks: AsyncIterator[str], route: str) -> StreamingResponse:
+def stream_response(chunks: AsyncIterator[str], route: str) -> StreamingResponse:
     async def timed():
         start, first = time.perf_counter(), True
         async for chunk in chunks:
@@ -121,6 +123,7 @@ async def _merged(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, obje
 
 
 def openai_router(predictor: DuoGenPredictor) -> APIRouter:
+    """Models, chat completions and images (the Responses routes are `responses_routes.py`'s)."""
     router = APIRouter(prefix="/openai/v1")
     limits = predictor.settings.limits
 
@@ -131,52 +134,9 @@ def openai_router(predictor: DuoGenPredictor) -> APIRouter:
             "data": [{"id": predictor.name, "object": "model", "created": 0, "owned_by": "duogen"}],
         }
 
-    @router.post("/responses")
-    async def responses(body: ResponsesRequest, request: Request):
-        _check_model(predictor, body.model)
-        if (refused := body.refusal()) is not None:
-            raise Unsupported(*refused)
-        if body.previous_response_id is not None:
-            raise NotFound(
-                "previous_response_id",
-                f"no stored response {body.previous_response_id!r}: this server stores no responses (each "
-                "says store: false); send the earlier turns in input",
-            )
-        conversation = await responses_conversation(body, limits)
-        options = predictor.options(body, body.max_output_tokens, force_bov=body.starts_with_image())
-        if body.tool_choice == "none":  # no tool call: no picture
-            options = dataclasses.replace(options, max_images=0)
-        rid = request.state.request_id
-        builder = ResponseBuilder(predictor.name, body, options)
-        events = predictor.stream(conversation, options, rid)
-        if not body.stream:
-
-            async def run() -> dict:
-                async for event in events:
-                    builder.feed(event, body.size)
-                return builder.response(builder.status())
-
-            return await _until_disconnect(request, run(), [events])
-
-        async def chunks():
-            for chunk in builder.start():
-                yield chunk
-            try:
-                async for event in events:
-                    for chunk in builder.feed(event, body.size):
-                        yield chunk
-            except Exception as err:  # noqa: BLE001 - the status is sent: say it in the stream
-                for chunk in builder.fail(*_stream_error(err, rid)):
-                    yield chunk
-            finally:
-                await events.aclose()
-            yield DONE
-
-        return _stream_response(chunks(), "/openai/v1/responses")
-
     @router.post("/chat/completions")
     async def chat(body: ChatRequest, request: Request):
-        _check_model(predictor, body.model)
+        check_model(predictor, body.model)
         conversation = await chat_conversation(body, limits)
         stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
         tokens = body.max_completion_tokens or body.max_tokens
@@ -184,9 +144,7 @@ def openai_router(predictor: DuoGenPredictor) -> APIRouter:
         rid = request.state.request_id
         streams = await _admit(predictor, conversation, base, body.n, rid)
         if not body.stream:
-            answers = await _until_disconnect(
-                request, asyncio.gather(*(collect(s) for s in streams)), streams
-            )
+            answers = await until_disconnect(request, asyncio.gather(*(collect(s) for s in streams)), streams)
             return chat_completion(predictor.name, list(answers))
         builder = ChatChunks(predictor.name)
 
@@ -198,15 +156,15 @@ def openai_router(predictor: DuoGenPredictor) -> APIRouter:
                         yield chunk
                 yield DONE
             except Exception as err:  # noqa: BLE001 - the status is sent: say it in the stream
-                kind, code, message = _stream_error(err, rid)
+                kind, code, message = stream_error(err, rid)
                 yield sse(None, {"error": {"message": message, "type": kind, "code": code, "param": None}})
             finally:
                 await merged.aclose()
 
-        return _stream_response(chunks(), "/openai/v1/chat/completions")
+        return stream_response(chunks(), "/openai/v1/chat/completions")
 
     async def draw(body: ImagesRequest, request: Request, pictures: list) -> dict:
-        _check_model(predictor, body.model)
+        check_model(predictor, body.model)
         conversation = image_request_conversation(body.prompt, pictures)
         base = predictor.options(body, 1, force_bov=True)
         base.max_images = 1
@@ -216,7 +174,7 @@ def openai_router(predictor: DuoGenPredictor) -> APIRouter:
                 part["image"] = part["image"].convert("RGB").resize(size)
         rid = request.state.request_id
         streams = await _admit(predictor, conversation, base, body.n, rid)
-        answers = await _until_disconnect(request, asyncio.gather(*(collect(s) for s in streams)), streams)
+        answers = await until_disconnect(request, asyncio.gather(*(collect(s) for s in streams)), streams)
         images = [image for a in answers for image in a.images]
         return images_response(images, [a.finished.usage for a in answers])
 
@@ -285,7 +243,7 @@ async def _admit(predictor: DuoGenPredictor, conversation, options, n: int, rid:
     return streams
 
 
-def _stream_error(err: Exception, rid: str) -> tuple[str, str, str]:
+def stream_error(err: Exception, rid: str) -> tuple[str, str, str]:
     """(type, code, message) for an error after a stream has started; no internals for unexpected ones."""
     if isinstance(err, DuoGenInputError):
         return "invalid_request_error", "invalid_request", str(err)

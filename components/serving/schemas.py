@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 SIZE_PATTERN = r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$"
 
@@ -57,12 +57,16 @@ class InputMessage(BaseModel):
 
 
 class InputImageCall(BaseModel):
-    """An earlier answer's picture, sent back as the `image_generation_call` item the server returned."""
+    """An earlier answer's picture, sent back as the item the server returned (either vocabulary)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    type: Literal["image_generation_call"]
+    type: Literal["image_generation_call", "duogen:image_generation_call"]  # OpenAI's, or the spec route's
     result: str = Field(max_length=50_000_000)
+
+
+# items of a stored conversation (dicts written by an earlier response) read back as request items
+INPUT_ITEMS = TypeAdapter(list[InputMessage | InputImageCall])
 
 
 class ResponsesRequest(Controls):
@@ -93,6 +97,12 @@ class ResponsesRequest(Controls):
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     service_tier: str | None = Field(None, max_length=32)
+
+    def input_items(self) -> list[InputMessage | InputImageCall]:
+        """`input` as a list of items (a string is one user message)."""
+        if isinstance(self.input, str):
+            return [InputMessage(role="user", content=self.input)]
+        return list(self.input)
 
     def picture_tool(self) -> bool:
         return any(tool.get("type") == "image_generation" for tool in self.tools or [])

@@ -12,11 +12,14 @@ while a large model is still loading and readiness turns true once it is loaded.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hmac
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -34,8 +37,11 @@ from duogen.model.errors import DuoGenInputError
 
 from . import metrics
 from .engine import QueueFull, RequestTimeout
+from .openai_output import OPEN_RESPONSES, OPENAI
 from .openai_routes import NotFound, UnknownModel, Unsupported, openai_router, validation_error_response
 from .predictor import DuoGenPredictor, PredictorSettings
+from .response_store import ResponseStore
+from .responses_routes import responses_router
 
 _argv, sys.argv = sys.argv, sys.argv[:1]  # kserve parses sys.argv when imported
 try:
@@ -60,6 +66,20 @@ class ServeSettings:
     auth_token: str | None = None  # bearer token; None: no auth
     max_body_bytes: int = 32 * 1024 * 1024
     predictor: PredictorSettings = field(default_factory=PredictorSettings)
+    # where responses are kept for previous_response_id (a folder or s3:// prefix the replicas share);
+    # None: a private temporary folder (one process), "none": nothing is kept
+    response_store: str | None = None
+    response_ttl_s: float = 24 * 3600
+
+
+def response_store(settings: ServeSettings) -> ResponseStore | None:
+    if settings.response_store == "none":
+        return None
+    root = settings.response_store
+    if not root:  # this process's own: gone when it stops
+        root = tempfile.mkdtemp(prefix="duogen-responses-")
+        atexit.register(shutil.rmtree, root, True)
+    return ResponseStore(root, settings.response_ttl_s)
 
 
 def read_token(token_file: str | None) -> str | None:
@@ -216,7 +236,10 @@ def install(app: FastAPI, predictor: DuoGenPredictor, settings: ServeSettings) -
     app.router.routes[:] = [
         r for r in app.router.routes if not getattr(r, "path", "").startswith("/v2/repository")
     ]
+    store = response_store(settings)
     app.include_router(openai_router(predictor))
+    app.include_router(responses_router(predictor, store, "/openai/v1", OPENAI))
+    app.include_router(responses_router(predictor, store, "/openresponses/v1", OPEN_RESPONSES))
     app.mount("/ui/", StaticFiles(directory=UI_DIR, html=True), name="ui")
     app.add_api_route("/ui", lambda: RedirectResponse("/ui/"), include_in_schema=False)
     app.add_middleware(ServingMiddleware, settings=settings, model_name=predictor.name)
@@ -224,7 +247,7 @@ def install(app: FastAPI, predictor: DuoGenPredictor, settings: ServeSettings) -
     metrics.RUNNING.set_function(lambda: predictor.engine.running if predictor.engine else 0)
 
     def openai_path(request: Request) -> bool:
-        return request.url.path.startswith("/openai/")
+        return request.url.path.startswith(("/openai/", "/openresponses/"))
 
     async def input_error(request: Request, err: Exception):
         if openai_path(request):
