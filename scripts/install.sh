@@ -15,6 +15,14 @@ links=()
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt "${links[@]}" -e ".${extras}"
 # PySceneDetect declares the GUI opencv-python, whose cv2 would replace the headless one: install it alone.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt --no-deps scenedetect
+# The Open Responses compliance suite (TypeScript) runs on the machine's Node.js with the pinned zod and tsx.
+if [ "${1:-}" = "dev" ]; then
+  if command -v npm >/dev/null 2>&1; then
+    npm ci --prefix tests/openresponses_compliance --omit=dev --no-audit --no-fund --loglevel=error
+  else
+    echo "install.sh: Node.js/npm is missing (the Open Responses compliance test needs it)" >&2
+  fi
+fi
 # The chat page test drives Debian's chromium (Playwright never downloads a browser here).
 if [ "${1:-}" = "dev" ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
