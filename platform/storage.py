@@ -77,8 +77,11 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def delete(path: str | os.PathLike) -> bool:
-    """Remove the file; False when there was none."""
+    """Remove the file; False when there was none (an object store's DELETE succeeds either way)."""
     fs, inner = filesystem(path)
+    fs.invalidate_cache()
+    if not fs.exists(inner):
+        return False
     try:
         fs.rm_file(inner)
     except FileNotFoundError:

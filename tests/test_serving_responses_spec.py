@@ -299,3 +299,25 @@ def test_pictures_come_in_openais_vocabulary_or_the_specs_by_route(server, clien
     follow_up = {"input": turns, "max_output_tokens": 2, "tool_choice": "none"}
     again = httpx.post(f"{server.url}/openresponses/v1/responses", json=follow_up, timeout=60)
     assert again.status_code == 200 and again.json()["usage"]["input_tokens"] > spec["usage"]["input_tokens"]
+
+
+def test_the_store_keeps_responses_in_object_storage(tmp_path, monkeypatch):
+    """What the chart configures (`s3://<bucket>/responses`), on a real S3 server (SeaweedFS): kept, read,
+    deleted, and an expired record gone."""
+    from s3_server import s3_server
+
+    from duogen.components.serving.response_store import ResponseStore
+
+    with s3_server(tmp_path / "s3") as s3:
+        s3.create_bucket("duogen")
+        for key, value in s3.env.items():
+            monkeypatch.setenv(key, value)
+        now = [0.0]
+        store = ResponseStore("s3://duogen/responses", ttl_s=3600, clock=lambda: now[0])
+        kept, old = ({"id": f"resp_{c * 32}", "output": []} for c in "ab")
+        store.put(kept, [{"role": "user", "content": "hi"}])
+        assert store.conversation(kept["id"]) == [{"role": "user", "content": "hi"}]
+        assert store.delete(kept["id"]) and store.get(kept["id"]) is None and not store.delete(kept["id"])
+        store.put(old, [])
+        now[0] += 3601
+        assert store.get(old["id"]) is None and not store.delete(old["id"])  # expired: read once, then gone
