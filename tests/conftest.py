@@ -1,4 +1,4 @@
-"""Fixtures shared by the training tests."""
+"""Fixtures shared by several test modules: toy-world shards (training), a saved tiny pair (serving)."""
 
 import pytest
 
@@ -13,3 +13,14 @@ def shards(tmp_path_factory):
     inputs = [i for i in plan_instructions(per_seed=1, seed=0) if i["domain"] == "shapes on a canvas"][:6]
     run_stage(synthetic_stage, plan(inputs, 3), out, progress=False)
     return str(out)
+
+
+@pytest.fixture(scope="module")
+def pair_dir(tmp_path_factory):
+    """A saved random tiny pair (seed 0): what the serving tests serve."""
+    from duogen.model.pair import DuoGenPair
+    from duogen.model.presets import get_preset
+
+    path = tmp_path_factory.mktemp("pair") / "tiny"
+    DuoGenPair.build(get_preset("tiny"), seed=0).save_pretrained(path)
+    return path

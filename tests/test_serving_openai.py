@@ -44,16 +44,6 @@ def decode(b64: str) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def pair_dir(tmp_path_factory) -> Path:
-    from duogen.model.pair import DuoGenPair
-    from duogen.model.presets import get_preset
-
-    path = tmp_path_factory.mktemp("pair") / "tiny"
-    DuoGenPair.build(get_preset("tiny"), seed=0).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def image_host(tmp_path_factory):
     """A plain http server on 127.0.0.1 holding one PNG (the allow-listed image host)."""
     root = tmp_path_factory.mktemp("images")

@@ -24,16 +24,6 @@ TEXT_ONLY = {"model": "duogen", "input": "Move the red circle to the left.", "to
 
 
 @pytest.fixture(scope="module")
-def pair_dir(tmp_path_factory) -> Path:
-    from duogen.model.pair import DuoGenPair
-    from duogen.model.presets import get_preset
-
-    path = tmp_path_factory.mktemp("spec") / "pair"
-    DuoGenPair.build(get_preset("tiny"), seed=0).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("responses")
 
