@@ -1,6 +1,7 @@
 """The chat page in a real headless Chromium (Debian's `chromium`, driven by Playwright; no browser is
 downloaded): it loads from the server, sends a request with an attached picture, and shows the answer's
-text and the picture the pair drew, in the order they streamed in."""
+text and the picture the pair drew, in the order they streamed in; a follow-up continues the stored answer by
+its id instead of resending the conversation."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -19,13 +21,9 @@ DUOGEN = str(Path(sys.executable).parent / "duogen")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from duogen.model.pair import DuoGenPair
-    from duogen.model.presets import get_preset
-
-    root = tmp_path_factory.mktemp("page")
-    DuoGenPair.build(get_preset("tiny"), seed=0).save_pretrained(root / "pair")
-    with predictor_server([DUOGEN, "serve", "--model", str(root / "pair")], root / "server.log") as s:
+def server(pair_dir, tmp_path_factory):
+    log = tmp_path_factory.mktemp("page") / "server.log"
+    with predictor_server([DUOGEN, "serve", "--model", str(pair_dir)], log) as s:
         yield s
 
 
@@ -61,6 +59,26 @@ def test_the_chat_page_streams_text_and_pictures(server, tmp_path):
             assert size == [48, 48]  # drawn at the size of the attached picture
             first = page.evaluate("() => document.querySelector('.assistant').firstChild.nodeName")
             assert first == "IMG"  # asked to start with a picture: it comes before any text
+            # a follow-up sends only its own turn and names the stored first answer, picture and all
+            sent = []
+            page.on(
+                "request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/responses") else None
+            )
+            page.uncheck("#force")
+            page.fill("#prompt", "Now move it up.")
+            page.click("#send")
+            page.wait_for_function(
+                "document.querySelectorAll('.assistant[data-done]').length == 2", timeout=60_000
+            )
+            (follow_up,) = sent
+            assert (
+                len(follow_up["input"]) == 1
+                and follow_up["input"][0]["content"][0]["text"] == "Now move it up."
+            )
+            stored = httpx.get(
+                f"{server.openai}/responses/{follow_up['previous_response_id']}", timeout=30
+            ).json()
+            assert stored["output"][0]["type"] == "image_generation_call"
             shot = page.screenshot()
             assert Image.open(io.BytesIO(shot)).size[0] > 0
             (tmp_path / "page.png").write_bytes(shot)

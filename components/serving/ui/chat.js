@@ -1,7 +1,10 @@
 // DuoGen chat page: streams /openai/v1/responses and shows text and pictures in the order they arrive.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const history = []; // Responses input items of earlier turns (pictures go back as image_generation_call items)
+// The conversation so far: the last stored response's id (a follow-up sends only its new turn), or, when the
+// server keeps no responses, the earlier turns' items (pictures go back as image_generation_call items).
+let previous = null;
+const history = [];
 $("token").value = localStorage.getItem("duogen-token") || "";
 $("token").addEventListener("change", () => localStorage.setItem("duogen-token", $("token").value));
 
@@ -60,6 +63,7 @@ $("files").addEventListener("change", async () => {
 
 $("clear").addEventListener("click", () => {
   history.length = 0;
+  previous = null;
   $("log").replaceChildren();
 });
 
@@ -97,11 +101,12 @@ $("composer").addEventListener("submit", async (ev) => {
   }
   const answer = bubble("assistant");
   const body = {
-    input: [...history, { role: "user", content }],
+    input: previous ? [{ role: "user", content }] : [...history, { role: "user", content }],
     stream: true,
     max_output_tokens: Number($("tokens").value),
     max_images: Number($("images").value),
   };
+  if (previous) body.previous_response_id = previous;
   if ($("force").checked) body.tool_choice = { type: "image_generation" };
   $("send").disabled = true;
   $("prompt").value = "";
@@ -124,6 +129,7 @@ $("composer").addEventListener("submit", async (ev) => {
         if (pending[e.item.id]) pending[e.item.id].remove();
       } else if (e.type === "error") throw new Error(e.error.message);
       else if (e.type === "response.completed" || e.type === "response.incomplete") {
+        previous = e.response.store ? e.response.id : null;
         history.push({ role: "user", content });
         for (const item of e.response.output) {
           if (item.type === "message") history.push({ role: "assistant", content: item.content.map((c) => c.text).join("") });
