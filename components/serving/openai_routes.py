@@ -32,20 +32,20 @@ from .schemas import ChatRequest, ImagesRequest
 log = logging.getLogger("duogen.serving")
 
 
-class Unsupported(Exception):
-    """A request field asking for what this server does not do: a 400 whose `param` names the field."""
+class FieldError(Exception):
+    """An error about one request field: its answer's `param` names the field."""
 
     def __init__(self, param: str, message: str) -> None:
         super().__init__(message)
         self.param = param
 
 
-class NotFound(Exception):
-    """A request naming something this server does not have (a stored response): a 404 `not_found`."""
+class Unsupported(FieldError):
+    """The field asks for what this server does not do: a 400."""
 
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
+
+class NotFound(FieldError):
+    """The field names something this server does not have (a stored response): a 404 `not_found`."""
 
 
 class UnknownModel(Exception):

@@ -215,13 +215,10 @@ class Trainer:
         return init_distributed(cfg.tp, seed=cfg.seed)
 
     def _data_parallel(self, module: nn.Module) -> nn.Module:
-        """DDP over the data-parallel group (looking for unused parameters where the spec says a micro-batch
-        can leave some without gradients)."""
+        """DDP over the data-parallel group (a spec's loss reaches every parameter on every micro-batch)."""
         if self.dp_size == 1:
             return module
-        return wrap_data_parallel(
-            module, self.parallel.dp_group, find_unused_parameters=self.spec.find_unused_parameters
-        )
+        return wrap_data_parallel(module, self.parallel.dp_group)
 
     def _mean_over_data_parallel(self, value: float) -> float:
         if self.dp_size == 1:

@@ -493,17 +493,14 @@ def replicate_check(model: nn.Module, group: dist.ProcessGroup | None = None, at
 
 
 # --- data parallelism --------------------------------------------------------------------------------------
-def wrap_data_parallel(
-    model: nn.Module, dp_group: dist.ProcessGroup | None = None, *, find_unused_parameters: bool = False
-) -> nn.Module:
+def wrap_data_parallel(model: nn.Module, dp_group: dist.ProcessGroup | None = None) -> nn.Module:
     """Plain torch DDP over the data-parallel group (default: megatron-core's, from `init_distributed`).
 
     Each tensor-parallel shard all-reduces its gradients with the same shard on the other data-parallel
     replicas (megatron's DP group holds exactly those ranks). With one data-parallel rank the model is
-    returned as is. `gather_full_state_dict` / `load_full_state_dict` accept the wrapped model.
-    `find_unused_parameters` is for models where a batch may leave parts without gradients; it costs a graph
-    search per step, so the stages' losses reach every parameter instead (Stage 1's a text-only
-    micro-batch's vision tower through a zero-weighted term)."""
+    returned as is. `gather_full_state_dict` / `load_full_state_dict` accept the wrapped model. No search for
+    unused parameters (a graph traversal per step): the stages' losses reach every parameter instead
+    (`losses.NextTokenLoss` on a micro-batch without pictures)."""
     if dp_group is None:
         dp_group = _megatron()[0].get_data_parallel_group()
     if dist.get_world_size(dp_group) == 1:
@@ -514,5 +511,4 @@ def wrap_data_parallel(
         process_group=dp_group,
         device_ids=[device.index] if device.type == "cuda" else None,
         broadcast_buffers=False,
-        find_unused_parameters=find_unused_parameters,
     )

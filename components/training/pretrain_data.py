@@ -53,7 +53,7 @@ class DialogueData:
         text_dropout: float = 0.0,
     ) -> None:
         self.spec = stages.get(stage)  # a stage name that is no spec is an error naming the stages
-        self.pair, self.stage, self.stream = pair, stage, stream or StreamConfig()
+        self.pair, self.stream = pair, stream or StreamConfig()
         self.text_dropout = text_dropout
 
     def __call__(self, position: int):

@@ -15,6 +15,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -59,12 +60,11 @@ class StageSpec:
     default_mix: Callable[[], dict[str, float]] = _no_mix
     # pack(examples, token_budget, pair) -> micro-batches of at most that many tokens (None: no packing)
     pack: Callable[[list, int, DuoGenPair], list[list]] | None = None
-    # DDP looks for parameters a micro-batch left without gradients (an extra graph traversal per step)
-    find_unused_parameters: bool = False
     # examples(pair) -> source(position) -> example: a generated source in place of the shards
     examples: Callable[[DuoGenPair], Callable[[int], Any]] | None = None
 
 
+@cache
 def names() -> tuple[str, ...]:
     """The stages `duogen train` offers: this package's public modules."""
     return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
