@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 
-from .chat import ImagePart, append_image, append_tokens, image_token_count, to_turns
+from .chat import EncodedConversation, ImagePart, append_image, append_tokens, image_token_count, to_turns
 from .flow import DiTForward, sample_latent
 from .pair import DuoGenPair
 from .session import MLLMSession
@@ -35,6 +35,7 @@ NOT_GENERATED = (ENDOFTEXT, IM_START, IMAGE_PAD, VIDEO_PAD, VISION_END, VISION_P
 @dataclass
 class GenerationOptions:
     max_new_tokens: int = 128
+    min_new_tokens: int = 0  # the end of the turn is not written before this many tokens
     max_images: int = 4
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
@@ -174,8 +175,10 @@ def generate(
     conversation,
     options: GenerationOptions | None = None,
     dit_forward: DiTForward | None = None,
+    mllm_advance: Callable[[MLLMSession, EncodedConversation], None] | None = None,
 ) -> Iterator[Event]:
-    """Yield the answer's events in order; `dit_forward` lets a server batch denoising across requests."""
+    """Yield the answer's events in order. `dit_forward` (one denoising step) and `mllm_advance` (run a
+    session over its conversation's new tokens) let a server batch the model work across requests."""
     opts = options or GenerationOptions()
     mllm, cfg = pair.mllm, pair.config
     overrides = {
@@ -198,7 +201,8 @@ def generate(
         latents.add(image)  # full size: the MLLM sees its own 480 px copies
     last_size = latents.images[-1].size if latents.images else opts.image_size
     session = MLLMSession(mllm, use_cache=opts.use_cache, norm_eps=cfg.connector.norm_eps)
-    session.advance(enc)
+    advance = mllm_advance or MLLMSession.advance
+    advance(session, enc)
     bov, end = mllm.bov_token_id, mllm.im_end_token_id
     # Structure tokens are the loop's to place, never the model's to write: a sampled <|image_pad|> would
     # claim an image that does not exist.
@@ -215,6 +219,8 @@ def generate(
         logits[banned] = float("-inf")
         if usage.images >= opts.max_images:
             logits[bov] = float("-inf")
+        if usage.new_tokens < opts.min_new_tokens:
+            logits[end] = float("-inf")
         can_draw = usage.images < opts.max_images
         forced = can_draw and (
             (opts.force_bov and usage.new_tokens == 0)
@@ -227,7 +233,7 @@ def generate(
             break
         if token != bov:
             enc = append_tokens(enc, [token], mllm.tokenizer)
-            session.advance(enc)
+            advance(session, enc)
             text_ids.append(token)
             run += 1
             decoded = mllm.tokenizer.decode(text_ids)
@@ -265,7 +271,7 @@ def generate(
         image = pair.vae.decode_image(latent)
         with_bov = append_tokens(enc, [bov], mllm.tokenizer)
         enc = append_image(with_bov, image, mllm.tokenizer, mllm.image_processor, cfg.mllm.max_image_side)
-        session.advance(enc)
+        advance(session, enc)
         latents.add(image)
         last_size = image.size
         usage.dit_seconds += dit_seconds

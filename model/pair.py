@@ -36,9 +36,27 @@ class DuoGenPair(nn.Module):
         self.vae = vae
 
     @classmethod
-    def build(cls, config: DuoGenConfig, seed: int = 0) -> DuoGenPair:
+    def build(
+        cls,
+        config: DuoGenConfig,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> DuoGenPair:
         """A new pair (fully offline): random weights, except parts that start from shipped pretrained ones
-        (`config.mllm_init`, `config.dit_init`); the global RNG is left as it was."""
+        (`config.mllm_init`, `config.dit_init`); the global RNG is left as it was. With `device` / `dtype`,
+        the MLLM and DiT are created there in that dtype (a 7B model is never materialised in float32 on
+        the CPU first); the VAE stays float32."""
+        if device is not None or dtype is not None:
+            previous = torch.get_default_dtype()
+            torch.set_default_dtype(dtype or previous)
+            try:
+                with torch.device(device or "cpu"):
+                    pair = cls.build(config, seed)
+            finally:
+                torch.set_default_dtype(previous)
+            pair.vae.to(torch.float32)
+            return pair
         if config.mllm_init is not None:
             from .pretrained import pretrained_mllm_dir
 

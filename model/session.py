@@ -10,10 +10,13 @@ live in one buffer in the model's dtype that grows by doubling, so a long answer
 times, not once per generated token.
 
 With `use_cache=False` the same API re-runs the whole sequence every time: the reference the cached path
-must reproduce, and the baseline of the cache benchmark.
+must reproduce, and the baseline of the cache benchmark. Several sessions advance in one forward with
+`session_batch.advance_together` (the server's batched decoding).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
@@ -23,12 +26,28 @@ from .connector import stack_layers
 from .mllm import DuoGenMLLM
 
 
+@dataclass
+class Chunk:
+    """Tokens of one conversation a session has not run yet, ready for the model."""
+
+    ids: torch.Tensor  # [n]
+    mm: torch.Tensor  # [n] token types (image tokens are 1)
+    pixel_values: torch.Tensor | None  # the chunk's images, patches flattened
+    grids: torch.Tensor | None  # [images, 3]
+    positions: torch.Tensor  # [3, 1, n] mRoPE positions, already shifted by the session's next position
+    end: int  # length of the conversation once the chunk is in
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
 class MLLMSession:
     def __init__(self, mllm: DuoGenMLLM, use_cache: bool = True, norm_eps: float = 1e-8) -> None:
         self.mllm = mllm
         self.use_cache = use_cache
         self.norm_eps = norm_eps
-        self.cache = DynamicCache(config=mllm.model.config) if use_cache else None
+        self.batch = None  # the `session_batch.SharedCache` holding this session's cache, if any
+        self._cache = DynamicCache(config=mllm.model.config) if use_cache else None
         self.fed = 0  # tokens of the conversation already in the cache
         self.next_position = 0  # first free (1-D) mRoPE position
         self._rows: torch.Tensor | None = None  # [capacity, layers * hidden]: connector input per token
@@ -44,12 +63,11 @@ class MLLMSession:
         pos, _ = self.mllm.model.model.get_rope_index(ids[None], mm[None], image_grid_thw=grids)
         return pos + start
 
-    @torch.no_grad()
-    def advance(self, enc: EncodedConversation) -> None:
-        """Run the tokens of `enc` past `self.fed` (all of `enc` without the cache)."""
+    def chunk(self, enc: EncodedConversation) -> Chunk | None:
+        """The part of `enc` this session has not run yet (all of it without the cache), with its inputs."""
         start = self.fed if self.use_cache else 0
         if start >= len(enc):
-            return
+            return None
         ids, mm = enc.input_ids[start:], enc.mm_token_type_ids[start:]
         images = [k for k, (s, _) in enumerate(enc.image_spans) if s >= start]
         pixel_values = grids = None
@@ -59,25 +77,41 @@ class MLLMSession:
             first = int(sum(counts[: images[0]]))
             pixel_values = enc.pixel_values[first : first + int(grids.prod(-1).sum())]
         offset = self.next_position if self.use_cache else 0
-        positions = self._positions(ids, mm, grids, offset)
-        dev = self.mllm.device
-        out = self.mllm.model.model(
-            input_ids=ids[None].to(dev),
-            pixel_values=None if pixel_values is None else pixel_values.to(dev),
-            image_grid_thw=None if grids is None else grids.to(dev),
-            mm_token_type_ids=mm[None].to(dev),
-            position_ids=positions.to(dev),
-            past_key_values=self.cache,
-            use_cache=self.use_cache,
-            output_hidden_states=True,
-        )
+        if images or bool(mm.any()):
+            positions = self._positions(ids, mm, grids, offset)
+        else:  # text: the same position on all three axes, one after another
+            positions = (torch.arange(len(ids)) + offset).expand(3, 1, len(ids))
+        return Chunk(ids, mm, pixel_values, grids, positions, len(enc))
+
+    @property
+    def cache(self) -> DynamicCache | None:
+        """This session's own KV cache (handed back first if it is lent to a batch, `session_batch`)."""
+        if self.batch is not None:
+            self.batch.release()
+        return self._cache
+
+    @cache.setter
+    def cache(self, cache: DynamicCache | None) -> None:
+        self._cache = cache
+
+    @torch.no_grad()
+    def advance(self, enc: EncodedConversation) -> None:
+        """Run the tokens of `enc` past `self.fed` (all of `enc` without the cache)."""
+        chunk = self.chunk(enc)
+        if chunk is None:
+            return
+        out = forward_chunks(self.mllm.model, [chunk], self.cache, None, self.use_cache)
         layers = torch.stack(out.hidden_states[1:], dim=0)[:, 0]  # [L, n, H]
         rows = stack_layers(layers, eps=self.norm_eps)
+        self.absorb(chunk, rows, self.mllm.model.lm_head(out.last_hidden_state[0, -1]))
+
+    def absorb(self, chunk: Chunk, rows: torch.Tensor, logits: torch.Tensor) -> None:
+        """Take in a forward's results for `chunk`: its connector rows [n, L*H] and the next-token logits."""
         self._keep(rows, reset=not self.use_cache)
-        self.logits = self.mllm.model.lm_head(out.last_hidden_state[0, -1])
-        self.prefill_tokens += int(ids.shape[0])
-        self.fed = len(enc)
-        self.next_position = int(positions.max()) + 1
+        self.logits = logits
+        self.prefill_tokens += int(chunk.ids.shape[0])
+        self.fed = chunk.end
+        self.next_position = int(chunk.positions.max()) + 1
 
     def _keep(self, rows: torch.Tensor, reset: bool) -> None:
         start = 0 if reset else self._filled
@@ -105,3 +139,30 @@ class MLLMSession:
                 f"asked for {upto}"
             )
         return self.stream[:upto]
+
+
+def forward_chunks(model, chunks: list[Chunk], cache, mask, use_cache: bool):
+    """One forward of the chunks, right-padded with token id 0 of type 0 (text, never an image)."""
+    dev = next(model.parameters()).device
+    n_max = max(len(c) for c in chunks)
+
+    def pad(t: torch.Tensor, value: int = 0) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, n_max - t.shape[-1]), value=value)
+
+    ids = torch.stack([pad(c.ids) for c in chunks])
+    mm = torch.stack([pad(c.mm) for c in chunks])
+    positions = torch.cat([pad(c.positions, int(c.positions.max())) for c in chunks], dim=1)  # [3, B, n]
+    images = [c for c in chunks if c.pixel_values is not None]
+    pixel_values = torch.cat([c.pixel_values for c in images]).to(dev) if images else None
+    grids = torch.cat([c.grids for c in images]).to(dev) if images else None
+    return model.model(
+        input_ids=ids.to(dev),
+        pixel_values=pixel_values,
+        image_grid_thw=grids,
+        mm_token_type_ids=mm.to(dev),
+        position_ids=positions.to(dev),
+        attention_mask=mask,
+        past_key_values=cache,
+        use_cache=use_cache,
+        output_hidden_states=True,
+    )

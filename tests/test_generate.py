@@ -179,3 +179,20 @@ def test_oversized_pictures_get_a_clear_error_before_any_work(pair):
     with pytest.raises(DuoGenInputError, match="input image 1 is 64x"):
         _run(pair, conv)
     _run(pair, image_size=(mw, 64), max_new_tokens=1)  # the largest size itself is fine
+
+
+def test_min_new_tokens_holds_the_end_of_the_turn_back(pair, monkeypatch):
+    """A model that wants to end the turn at once writes `min_new_tokens` first, then ends it."""
+    from duogen.model import session as session_module
+
+    end = pair.mllm.im_end_token_id
+    original = session_module.MLLMSession.advance
+
+    def eager_to_stop(self, enc):
+        original(self, enc)
+        self.logits[end] = self.logits.max() + 50
+
+    monkeypatch.setattr(session_module.MLLMSession, "advance", eager_to_stop)
+    assert _run(pair, max_new_tokens=20, max_images=0)[-1].usage.new_tokens == 1
+    finished = _run(pair, max_new_tokens=20, max_images=0, min_new_tokens=7)[-1]
+    assert (finished.reason, finished.usage.new_tokens) == ("stop", 8)  # 7 written, then the end

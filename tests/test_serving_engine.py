@@ -1,16 +1,19 @@
-"""The generation engine in-process: cross-request batching gives each request the picture it would get
-alone, a full queue refuses at once, a deadline stops the work, and a cancelled request stops drawing."""
+"""The generation engine in-process: cross-request batching (the MLLM's forwards and the DiT's steps) gives
+each request the text and pictures it would get alone, a full queue refuses at once, a deadline stops the
+work, and a cancelled request stops drawing."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from duogen.components.serving.batching import Cancelled, DiTBatcher, Ticket
+from duogen.components.serving.batching import Cancelled, Scheduler, Ticket
 from duogen.components.serving.engine import EngineSettings, GenerationEngine, QueueFull, RequestTimeout
 from duogen.components.serving.predictor import collect
 from duogen.model.generate import GenerationOptions
@@ -47,16 +50,18 @@ def _pixels(answer: dict) -> list[np.ndarray]:
 
 def test_batched_requests_get_the_pictures_they_would_get_alone(pair):
     batched = GenerationEngine(pair, EngineSettings(max_running=4, batching=True, max_wait_s=0.05))
-    alone = GenerationEngine(pair, EngineSettings(max_running=4, batching=False))
+    alone = GenerationEngine(pair, EngineSettings(max_running=4, batching=False, decode_batching=False))
     try:
         together = asyncio.run(_answers(batched))
         separate = asyncio.run(_answers(alone))
     finally:
         batched.close()
         alone.close()
-    # batching really happened: fewer DiT forwards than request steps
-    assert batched.batcher.forwards < batched.batcher.steps
-    assert alone.batcher.forwards == alone.batcher.steps
+    # batching really happened: fewer DiT forwards than request steps, fewer MLLM forwards than calls
+    assert batched.scheduler.dit_forwards < batched.scheduler.dit_steps
+    assert batched.scheduler.mllm_forwards < batched.scheduler.mllm_calls
+    assert alone.scheduler.dit_forwards == alone.scheduler.dit_steps
+    assert alone.scheduler.mllm_calls == 0  # each worker ran its own MLLM forwards
     for a, b in zip(together, separate, strict=True):
         pa, pb = _pixels(a), _pixels(b)
         assert len(pa) == len(pb) == 2
@@ -65,7 +70,7 @@ def test_batched_requests_get_the_pictures_they_would_get_alone(pair):
             assert np.abs(x - y).max() <= 2  # float summation order differs between pack shapes
         assert a.finished.reason == b.finished.reason
         texts = [[p for p in answer.parts if isinstance(p, str)] for answer in (a, b)]
-        assert texts[0] == texts[1]  # concurrent MLLM decoding in threads writes what it writes alone
+        assert texts[0] == texts[1]
 
 
 def test_a_full_queue_refuses_at_once(pair):
@@ -101,8 +106,9 @@ def test_a_request_past_its_deadline_stops(pair):
 
 
 def test_a_cancelled_request_stops_at_its_next_denoising_step(pair):
-    batcher = DiTBatcher(pair.dit, max_batch=4, max_wait_s=0.0)
+    scheduler = Scheduler(pair.dit, dit_batch=4, max_wait_s=0.0)
     ticket = Ticket("r1")
+    member = scheduler.join(ticket)
     frames_seen = []
     from duogen.model.flow import sample_latent
 
@@ -110,7 +116,7 @@ def test_a_cancelled_request_stops_at_its_next_denoising_step(pair):
         frames_seen.append(len(samples))
         if len(frames_seen) == 2:
             ticket.cancel()
-        return batcher.forward(samples, texts, ticket)
+        return member.dit_forward(samples, texts)
 
     text = torch.randn(5, pair.config.connector.in_channels)
     try:
@@ -119,34 +125,105 @@ def test_a_cancelled_request_stops_at_its_next_denoising_step(pair):
                 pair.dit, [], (8, 8), text, None, pair.config.flow, torch.Generator().manual_seed(0), forward
             )
         assert len(frames_seen) == 2  # of the flow's 8 steps
-        assert batcher.steps == 1
+        assert scheduler.dit_steps == 1
     finally:
-        batcher.close()
+        member.leave()
+        scheduler.close()
 
 
-def test_the_batcher_waits_for_every_drawing_request(pair):
-    batcher = DiTBatcher(pair.dit, max_batch=8, max_wait_s=5.0)
-    # projected, as sample_latent hands texts to the batcher
+def test_a_lane_waits_for_every_request_in_it(pair):
+    """Three requests drawing: once each is in the DiT lane, one forward serves all three's next step,
+    although their calls arrive apart."""
+    scheduler = Scheduler(pair.dit, dit_batch=8, max_wait_s=5.0)
+    # projected, as sample_latent hands texts to the scheduler
     text = pair.dit.project_text(torch.randn(5, pair.config.connector.in_channels))
     from duogen.model.packing import Frame
 
     samples = [[Frame(torch.randn(16, 8, 8), 0.5, False)]]
+    members = [scheduler.join(Ticket(str(i))) for i in range(3)]
+    first_round = threading.Barrier(3)
     results = []
 
     def request(i):
-        results.append(batcher.forward(samples, [text], Ticket(str(i))))
+        members[i].dit_forward(samples, [text])  # joins the lane
+        first_round.wait()
+        before = scheduler.dit_forwards
+        if i:
+            time.sleep(0.2 * i)  # the others' calls come later; the lane waits for them
+        results.append((before, members[i].dit_forward(samples, [text])))
 
-    for _ in range(3):  # three requests are inside their denoising loops
-        batcher.enter()
     threads = [threading.Thread(target=request, args=(i,)) for i in range(3)]
     try:
         for t in threads:
             t.start()
         for t in threads:
-            t.join(timeout=10)
+            t.join(timeout=20)
         assert len(results) == 3
-        assert batcher.forwards == 1 and batcher.steps == 3  # one forward served all three
+        before = results[0][0]
+        assert scheduler.dit_forwards == before + 1 and scheduler.dit_steps == 6  # one forward, 3 steps
     finally:
-        for _ in range(3):
-            batcher.leave()
-        batcher.close()
+        for m in members:
+            m.leave()
+        scheduler.close()
+
+
+def _text_requests() -> list[tuple[list, GenerationOptions]]:
+    """Writing requests of different prompt lengths, answer lengths and image counts (none, one given,
+    one given and one drawn, two drawn)."""
+    red, blue = Image.new("RGB", (64, 64), "red"), Image.new("RGB", (32, 64), "blue")
+
+    def user(text, *images):
+        return [{"role": "user", "content": [*({"type": "image", "image": im} for im in images),
+                                             {"type": "text", "text": text}]}]  # fmt: skip
+
+    return [
+        (user("why"), GenerationOptions(max_new_tokens=24, max_images=0)),
+        (user("tell me what comes next " * 6, red), GenerationOptions(max_new_tokens=40, max_images=0)),
+        (user("and then", blue), GenerationOptions(max_new_tokens=30, max_images=1, force_bov_every=9)),
+        (user("show two steps " * 3), GenerationOptions(max_new_tokens=18, max_images=2, force_bov_every=5)),
+    ]
+
+
+def test_batched_decoding_writes_what_each_request_writes_alone(pair):
+    """Requests decode together (one MLLM forward per tick for all writers) and each one's text and
+    pictures equal its answer alone; a fifth request cancelled mid-way leaves the others unchanged."""
+    batched = GenerationEngine(pair, EngineSettings(max_running=8, max_wait_s=0.05))
+    alone = GenerationEngine(pair, EngineSettings(max_running=1, batching=False, decode_batching=False))
+
+    async def cancelled_midway(engine):
+        events = engine.stream(*_text_requests()[1])
+        seen = 0
+        async for _event in events:
+            seen += 1
+            if seen == 5:
+                break
+        await events.aclose()
+        return seen
+
+    async def together():
+        return await asyncio.gather(
+            *(collect(batched.stream(c, o)) for c, o in _text_requests()), cancelled_midway(batched)
+        )
+
+    async def one_by_one():
+        return [await collect(alone.stream(c, o)) for c, o in _text_requests()]
+
+    try:
+        *answers, seen = asyncio.run(together())
+        references = asyncio.run(one_by_one())
+        assert seen == 5
+        s = batched.scheduler
+        assert s.decode_forwards < s.decode_steps  # writers shared forwards
+        assert s.dit_steps > 0 and s.mllm_forwards < s.mllm_calls
+        for a, b in zip(answers, references, strict=True):
+            assert a.text == b.text and a.finished.reason == b.finished.reason
+            assert a.finished.usage.new_tokens == b.finished.usage.new_tokens > 0
+            pa, pb = _pixels(a), _pixels(b)
+            assert len(pa) == len(pb) == a.finished.usage.images
+            for x, y in zip(pa, pb, strict=True):
+                assert x.shape == y.shape and np.abs(x - y).max() <= 2
+        assert [len(_pixels(a)) for a in answers] == [0, 0, 1, 2]
+        assert batched.running == 0 and batched.in_flight == 0  # the cancelled one left too
+    finally:
+        batched.close()
+        alone.close()

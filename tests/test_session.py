@@ -72,3 +72,36 @@ def test_kept_rows_grow_by_doubling_in_the_model_dtype(mllm):
     )
     full = stack_layers(mllm.layer_hidden_states(enc))
     torch.testing.assert_close(session.text_stream(len(enc)), full, atol=1e-5, rtol=1e-5)
+
+
+def test_sessions_advanced_together_equal_each_alone(mllm):
+    """One forward for several sessions (prompts with and without images, then one-token steps, then a mix
+    of an image block, a step and nothing new): each keeps exactly its own cache, positions and rows."""
+    from duogen.model.session_batch import advance_together
+
+    def conversation(i):
+        image = [{"type": "image", "image": Image.new("RGB", (64, 32 * (i % 3 + 1)), "red")}] if i % 2 else []
+        return [{"role": "user", "content": [*image, {"type": "text", "text": "word " * (3 + 5 * i)}]}]
+
+    encs = [mllm.encode(conversation(i), add_generation_prompt=True) for i in range(4)]
+    alone, together = [MLLMSession(mllm) for _ in encs], [MLLMSession(mllm) for _ in encs]
+
+    def step(encs):
+        for session, enc in zip(alone, encs, strict=True):
+            session.advance(enc)
+        advance_together(together, encs)
+        for a, b in zip(alone, together, strict=True):
+            assert (len(a), a.next_position) == (len(b), b.next_position)
+            torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(a.stream, b.stream, atol=1e-5, rtol=1e-5)
+
+    step(encs)
+    assert len({len(e) for e in encs}) == 4  # four different lengths were padded together
+    for k in range(3):
+        encs = [append_tokens(e, [65 + k + i], mllm.tokenizer) for i, e in enumerate(encs)]
+        step(encs)
+    with_bov = append_tokens(encs[0], [mllm.bov_token_id], mllm.tokenizer)
+    encs[0] = append_image(with_bov, Image.new("RGB", (56, 84), "blue"), mllm.tokenizer, mllm.image_processor)
+    encs[1] = append_tokens(encs[1], [70], mllm.tokenizer)
+    step(encs)  # session 2 and 3 have nothing new
+    assert [a.cache.get_seq_length() for a in alone] == [b.cache.get_seq_length() for b in together]

@@ -30,6 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default: 300)")
     p.add_argument("--no-batching", action="store_true", help="one request's step per DiT forward")
     p.add_argument(
+        "--no-decode-batching",
+        action="store_true",
+        help="each request runs its own MLLM forwards in its worker thread (no batched decode)",
+    )
+    p.add_argument(
         "--max-new-tokens", type=int, default=1024, help="most output tokens a request may ask for"
     )
     p.add_argument(
@@ -92,6 +97,7 @@ def settings_from_args(args: argparse.Namespace):
             max_queued=args.max_queued,
             timeout_s=args.timeout,
             batching=not args.no_batching,
+            decode_batching=not args.no_decode_batching,
         ),
         limits=ImageLimits(
             max_bytes=args.max_image_bytes,

@@ -1,7 +1,8 @@
 """The generation engine: admission (a bounded queue), worker threads, timeouts and cancellation.
 
-A request runs the interleaved loop (`duogen.model.generate.generate`) in a worker thread, with its
-denoising steps going through the shared `DiTBatcher`; its events reach the asyncio side through a queue.
+A request runs the interleaved loop (`duogen.model.generate.generate`) in a worker thread, with its MLLM
+calls and denoising steps going through the shared `Scheduler` (batched across requests); its events reach
+the asyncio side through a queue.
 At most `max_running` requests generate at once; up to `max_queued` more wait for a slot; beyond that
 `submit` raises `QueueFull` (HTTP 429 with Retry-After). A request's ticket is cancelled when its consumer
 stops listening (client gone) or its deadline passes; the worker then stops at its next token or step.
@@ -17,11 +18,11 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from duogen.model.generate import Finished, GenerationOptions, ImageDone, ImageStarted, generate
+from duogen.model.generate import Finished, GenerationOptions, ImageDone, generate
 from duogen.model.pair import DuoGenPair
 
 from . import metrics
-from .batching import Cancelled, DiTBatcher, Ticket
+from .batching import Cancelled, Scheduler, Ticket
 
 
 class QueueFull(Exception):
@@ -42,7 +43,8 @@ class EngineSettings:
     max_queued: int = 32  # requests waiting for a slot before 429
     timeout_s: float = 300.0  # per request, queueing included
     batching: bool = True  # False: one request's step per DiT forward (the benchmark's baseline)
-    max_wait_s: float = 0.01  # how long a DiT batch waits for the other drawing requests
+    decode_batching: bool = True  # False: each request runs its own MLLM forwards in its thread
+    max_wait_s: float = 0.01  # how long a batch waits for the other requests of its lane
 
 
 _DONE = object()
@@ -53,8 +55,12 @@ class GenerationEngine:
         self.pair = pair
         self.settings = settings or EngineSettings()
         s = self.settings
-        self.batcher = DiTBatcher(
-            pair.dit, max_batch=2 * s.max_running if s.batching else 1, max_wait_s=s.max_wait_s
+        self.scheduler = Scheduler(
+            pair.dit,
+            dit_batch=2 * s.max_running if s.batching else 1,
+            decode_batching=s.decode_batching,
+            mllm_batch=s.max_running,
+            max_wait_s=s.max_wait_s,
         )
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=s.max_running, thread_name_prefix="generate"
@@ -73,7 +79,7 @@ class GenerationEngine:
         return max(0, self._in_flight - self.running)
 
     def close(self) -> None:
-        self.batcher.close()
+        self.scheduler.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _admit(self) -> None:
@@ -86,24 +92,24 @@ class GenerationEngine:
 
     def _run(self, conversation, options: GenerationOptions, ticket: Ticket, put) -> None:
         """Worker thread: the loop's events go to `put`; cancellation is checked between events."""
-        drawing = False
+        member = self.scheduler.join(ticket)
         try:
-            for event in generate(self.pair, conversation, options, dit_forward=self.batcher.bind(ticket)):
+            events = generate(
+                self.pair,
+                conversation,
+                options,
+                dit_forward=member.dit_forward,
+                mllm_advance=member.mllm_advance,
+            )
+            for event in events:
                 ticket.check()
-                if isinstance(event, ImageStarted):  # the loop's next step is the first denoising step
-                    self.batcher.enter()
-                    drawing = True
-                elif isinstance(event, ImageDone):
-                    self.batcher.leave()
-                    drawing = False
                 put(event)
                 if isinstance(event, Finished):
                     break
         except BaseException as err:  # noqa: BLE001 - every failure is handed to the consumer
             put(err)
         finally:
-            if drawing:
-                self.batcher.leave()
+            member.leave()
             put(_DONE)
 
     def stream(

@@ -25,3 +25,8 @@ REJECTED = Counter("duogen_rejected", "Requests refused with 429 because the que
 DIT_BATCH = Histogram(
     "duogen_dit_batch_requests", "Requests per packed DiT forward", buckets=(1, 2, 4, 8, 16, 32)
 )
+DECODE_BATCH = Histogram(
+    "duogen_decode_batch_requests",
+    "Requests per batched MLLM decode step",
+    buckets=(1, 2, 4, 8, 16, 32),
+)

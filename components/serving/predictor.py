@@ -119,6 +119,7 @@ class DuoGenPredictor(kserve.Model):
         size = self.image_size(controls.size)
         return GenerationOptions(
             max_new_tokens=tokens,
+            min_new_tokens=min(controls.min_tokens or 0, tokens),
             max_images=4 if controls.max_images is None else controls.max_images,
             temperature=controls.temperature or 0.0,
             top_p=1.0 if controls.top_p is None else controls.top_p,

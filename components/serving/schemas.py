@@ -1,8 +1,9 @@
 """Request bodies of the OpenAI-style routes (pydantic: they are also the OpenAPI schema the fuzz test reads).
 
 Fields follow the OpenAI API; the pair's own controls (`max_images`, `seed`, `guidance_scale`, `steps`,
-`size`) are extra body fields, which the official client sends with `extra_body={...}`. Unknown fields
-are ignored, as OpenAI-compatible servers do; known fields of the wrong type or out of range are a 400.
+`size`, and vLLM's `min_tokens`) are extra body fields, which the official client sends with
+`extra_body={...}`. Unknown fields are ignored, as OpenAI-compatible servers do; known fields of the wrong
+type or out of range are a 400.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class Controls(BaseModel):
     size: str | None = Field(None, pattern=SIZE_PATTERN, description="WIDTHxHEIGHT of drawn pictures")
     force_image: bool = Field(False, description="start the answer with a picture")
     max_new_tokens: int | None = Field(None, ge=1, description="KServe V1/V2 requests' output token cap")
+    min_tokens: int | None = Field(
+        None, ge=0, description="tokens written before the turn may end (vLLM's min_tokens; load tests)"
+    )
 
 
 # --- Responses API -----------------------------------------------------------------------------------

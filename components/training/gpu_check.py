@@ -292,14 +292,7 @@ def measure_image(
     from duogen.model.generate import GenerationOptions, ImageDone, generate
     from duogen.model.pair import DuoGenPair
 
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            pair = DuoGenPair.build(config, seed=0)
-    finally:
-        torch.set_default_dtype(previous)
-    pair.vae.to(torch.float32)
+    pair = DuoGenPair.build(config, seed=0, device=device, dtype=dtype)
     options = GenerationOptions(
         max_new_tokens=1, max_images=1, force_bov=True, image_size=(size, size), num_inference_steps=steps,
         guidance_scale=config.flow.guidance_scale or 5.0,

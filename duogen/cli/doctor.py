@@ -9,9 +9,10 @@ import sys
 
 def cmd_gpu(args: argparse.Namespace) -> int:
     """Stage-2 DiT training (bf16, and FP8 where Transformer Engine imports), Stage-1 training of the 7B
-    language stack at sequence 4096, one 768x768 picture at 35 steps with CFG, single-stream decode; prints
-    one JSON line with tokens/s, MFU against this GPU's peak, seconds, and which goals are met (about 8
-    minutes on one H100). Exits 2 on a machine without CUDA."""
+    language stack at sequence 4096, one 768x768 picture at 35 steps with CFG, single-stream decode, and the
+    serving engine's decode tokens/s and images/s at 1, 8 and 32 concurrent requests; prints one JSON line
+    with tokens/s, MFU against this GPU's peak, seconds, and which goals are met (about 10 minutes on one
+    H100). Exits 2 on a machine without CUDA."""
     from duogen.components.training.gpu_check import NoGPU, run_gpu_check
 
     log = (
@@ -24,8 +25,24 @@ def cmd_gpu(args: argparse.Namespace) -> int:
     except NoGPU as err:
         print(f"duogen doctor gpu: {err}", file=sys.stderr)
         return 2
+    if not args.no_serving:
+        result["serving"] = serving_figure(quick=args.quick, log=log)
     print(json.dumps(result))
     return 0
+
+
+def serving_figure(quick: bool, log) -> dict:
+    """The production pair (random weights, bf16) behind the serving engine on this GPU. Untested on a GPU
+    so far: the same measurement runs on CPU with the tiny preset in the tests."""
+    import torch
+
+    from duogen.components.serving.load_check import measure_serving
+    from duogen.model.pair import DuoGenPair
+    from duogen.model.presets import production
+
+    torch.cuda.empty_cache()
+    pair = DuoGenPair.build(production(), device=torch.device("cuda"), dtype=torch.bfloat16)
+    return measure_serving(pair, text_tokens=16 if quick else 64, steps=4 if quick else 20, log=log)
 
 
 def add_doctor(sub) -> None:
@@ -44,4 +61,5 @@ def add_doctor(sub) -> None:
     )
     g.add_argument("--quick", action="store_true", help="fewer timed steps (a smoke test, noisier figures)")
     g.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    g.add_argument("--no-serving", action="store_true", help="leave out the serving figure")
     g.set_defaults(func=cmd_gpu)

@@ -1,12 +1,16 @@
 """Load on the predictor server: 1, 8 and 32 concurrent clients streaming Responses requests that each draw
-one picture, against a real `duogen serve` process on 127.0.0.1; then the same 8-client load on the same
-server started with `--no-batching` (one request's denoising step per DiT forward), measured in this run.
+one picture, against a real `duogen serve` process on 127.0.0.1; then a text-only workload (chat follow-ups
+that write ~128 tokens each, no picture) at 8 clients; then the same 8-client loads on servers started with
+`--no-decode-batching` (each request runs its own MLLM forwards in its thread) and with `--no-batching` (one
+request's denoising step per DiT forward), all measured in this run.
 
-Prints one JSON line: `runs` (per client count: requests, p50/p99 latency, requests and images per second,
-`first_event_ms` = median time to the first output item, errors, rejected_429) and `batching_speedup`
-(images/s at 8 clients with cross-request batching / without).
+Prints one JSON line: `runs` (per client count: requests, p50/p99 latency, requests, images and output
+tokens per second, `first_event_ms` = median time to the first output item, errors, rejected_429),
+`batching_speedup` (images/s at 8 clients with cross-request DiT batching / without),
+`decode_batching_speedup` (text-only workload, 8 clients: output tokens/s with batched decoding / without)
+and `picture_workload_ratio` (picture workload, 8 clients: requests/s with batched decoding / without).
 
-    python tests/benchmarks/serving_load.py [--preset toy] [--size 64] [--requests 64]
+    python tests/benchmarks/serving_load.py [--preset toy] [--size 64] [--requests 64] [--text-tokens 128]
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ DUOGEN = str(Path(sys.executable).parent / "duogen")
 def one_request(client: httpx.Client, url: str, body: dict) -> dict:
     start = time.perf_counter()
     first = None
-    images = 0
+    images = tokens = 0
     with client.stream("POST", url, json=body) as r:
         if r.status_code == 429:
             return {"status": 429}
@@ -48,9 +52,17 @@ def one_request(client: httpx.Client, url: str, body: dict) -> dict:
                 first = time.perf_counter() - start
             if event["type"] == "response.image_generation_call.completed":
                 images += 1
+            if event["type"] in ("response.completed", "response.incomplete"):
+                tokens = event["response"]["usage"]["output_tokens"]
             if event["type"] == "error":
                 return {"status": 200, "error": event["error"]["message"]}
-    return {"status": 200, "seconds": time.perf_counter() - start, "first": first, "images": images}
+    return {
+        "status": 200,
+        "seconds": time.perf_counter() - start,
+        "first": first,
+        "images": images,
+        "tokens": tokens,
+    }
 
 
 def load(server_url: str, clients: int, total: int, body: dict) -> dict:
@@ -89,6 +101,8 @@ def load(server_url: str, clients: int, total: int, body: dict) -> dict:
         "requests_per_s": round(len(ok) / wall, 3),
         "first_event_ms": round(statistics.median(firsts), 1) if firsts else None,
         "images_per_s": round(sum(r["images"] for r in ok) / wall, 3),
+        "output_tokens_per_s": round(sum(r["tokens"] for r in ok) / wall, 1),
+        "output_tokens_per_request": round(statistics.mean(r["tokens"] for r in ok), 1) if ok else None,
         "errors": sum(1 for r in results if r["status"] not in (200, 429) or "error" in r),
         "rejected_429": sum(1 for r in results if r["status"] == 429),
         "seconds": round(wall, 2),
@@ -103,6 +117,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="side of the drawn pictures (default: 64)")
     parser.add_argument("--requests", type=int, default=64, help="requests per client count (default: 64)")
     parser.add_argument("--clients", default="1,8,32", help="client counts (default: 1,8,32)")
+    parser.add_argument(
+        "--text-tokens", type=int, default=128, help="tokens each text-only request writes (default: 128)"
+    )
     args = parser.parse_args()
 
     from duogen.model.pair import DuoGenPair
@@ -116,28 +133,62 @@ def main() -> None:
         "tool_choice": {"type": "image_generation"},
         "size": f"{args.size}x{args.size}",
     }
+    follow_up = {  # a text-only turn of a conversation: no picture, ~128 tokens written
+        "input": [
+            {"role": "user", "content": "How do I repot a plant? Show the steps."},
+            {
+                "role": "assistant",
+                "content": "Water it, lift it out, loosen the roots, set it in the new pot.",
+            },
+            {"role": "user", "content": "Why loosen the roots? Explain in detail."},
+        ],
+        "stream": True,
+        "max_output_tokens": args.text_tokens,
+        "min_tokens": args.text_tokens,  # random weights end a turn early; a real answer runs on
+        "tool_choice": "none",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         DuoGenPair.build(get_preset(args.preset), seed=0).save_pretrained(root / "pair")
         common = [DUOGEN, "serve", "--model", str(root / "pair"), "--max-running", "8", "--max-queued", "64"]
+        n = max(args.requests, 8)
         runs = []
         with predictor_server(common, root / "batched.log") as server:
             load(server.url, 2, 4, body)  # warm-up
             for clients in (int(c) for c in args.clients.split(",")):
                 runs.append(load(server.url, clients, max(args.requests, clients), body))
                 print(json.dumps(runs[-1]), file=sys.stderr)
+            text = load(server.url, 8, n, follow_up)
+            print(json.dumps(text), file=sys.stderr)
+        with predictor_server([*common, "--no-decode-batching"], root / "threads.log") as server:
+            load(server.url, 2, 4, body)
+            pictures_threads = load(server.url, 8, n, body)
+            text_threads = load(server.url, 8, n, follow_up)
+            print(json.dumps(pictures_threads), json.dumps(text_threads), file=sys.stderr)
         with predictor_server([*common, "--no-batching"], root / "single.log") as server:
             load(server.url, 2, 4, body)
-            unbatched = load(server.url, 8, max(args.requests, 8), body)
+            unbatched = load(server.url, 8, n, body)
             print(json.dumps(unbatched), file=sys.stderr)
     batched = next((r for r in runs if r["clients"] == 8), None)
-    speedup = round(batched["images_per_s"] / unbatched["images_per_s"], 3) if batched else None
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a and b else None
+
     print(
         json.dumps(
             {
                 "runs": runs,
+                "text_only_8_clients": text,
+                "no_decode_batching_8_clients": {"pictures": pictures_threads, "text_only": text_threads},
                 "no_batching_8_clients": unbatched,
-                "batching_speedup": speedup,
+                "batching_speedup": ratio(batched and batched["images_per_s"], unbatched["images_per_s"]),
+                "decode_batching_speedup": ratio(
+                    text["output_tokens_per_s"], text_threads["output_tokens_per_s"]
+                ),
+                "picture_workload_ratio": ratio(
+                    batched and batched["requests_per_s"], pictures_threads["requests_per_s"]
+                ),
+                "errors": sum(r["errors"] for r in [*runs, text, pictures_threads, text_threads, unbatched]),
                 "preset": args.preset,
                 "image_size": f"{args.size}x{args.size}",
             }
