@@ -227,3 +227,14 @@ def test_batched_decoding_writes_what_each_request_writes_alone(pair):
     finally:
         batched.close()
         alone.close()
+
+
+def test_the_doctor_serving_figure_measures_batched_requests(pair):
+    """`duogen doctor gpu`'s serving figure, on CPU with the tiny pair: tokens/s and images/s per client
+    count, and the decode forwards of 4 concurrent requests really served several requests each."""
+    from duogen.components.serving.load_check import measure_serving
+
+    figure = measure_serving(pair, clients=(1, 4), text_tokens=8, image_size=32, steps=2)
+    assert figure["decode_batch_1"] == 1.0 and figure["decode_batch_4"] > 2
+    for n in (1, 4):
+        assert figure[f"decode_tokens_per_s_{n}"] > 0 and figure[f"images_per_s_{n}"] > 0

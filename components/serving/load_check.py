@@ -29,7 +29,7 @@ def measure_serving(
 ) -> dict:
     """Per client count: output tokens/s of text-only requests (`text_tokens` each, no picture) and images/s
     of picture requests (one `image_size` picture at `steps` steps each), all running at once."""
-    text = GenerationOptions(max_new_tokens=text_tokens, max_images=0)
+    text = GenerationOptions(max_new_tokens=text_tokens, min_new_tokens=text_tokens, max_images=0)
     picture = GenerationOptions(
         max_new_tokens=1, max_images=1, force_bov=True, image_size=(image_size, image_size),
         num_inference_steps=steps,
