@@ -7,10 +7,12 @@ back. The scheduler thread runs in ticks: at each tick, the waiting MLLM calls r
 (`advance_together`: decode steps all together, prompts and image blocks grouped by length) and the waiting
 DiT steps run as one packed forward (the pack never lets attention cross samples).
 
-A request belongs to the lane of its last call: writing (MLLM) or drawing (DiT); the `<BOV>` that starts a
-picture moves it to the DiT lane with its first denoising step, and the image block after the picture
-moves it back. A lane runs when every request in it has its call waiting, or `max_wait_s` after its first
-call arrived, so a lone request is never held back for long and a slow one does not stall the others.
+A request belongs to the lane of its last call: writing (MLLM decode steps) or drawing (DiT steps); the
+`<BOV>` that starts a picture moves it to the DiT lane with its first denoising step, and its next token
+after the picture moves it back. After a prompt or an image block it is in no lane until its next call.
+A lane runs when every request in it has its call waiting, or `max_wait_s` after its first call arrived
+(or after the scheduler got free, if it was busy), so a lone request is never held back for long and a slow
+one does not stall the others.
 
 `dit_batch=1` is the server without cross-request DiT batching; `decode_batching=False` lets each worker
 run its MLLM calls itself, concurrently in its own thread (both are the serving benchmark's baselines).
@@ -72,11 +74,14 @@ class _Lane:
         self.members = 0  # running requests whose last call went to this lane
         self.first_at = 0.0  # when the oldest waiting call arrived
 
-    def ready(self, now: float, max_wait_s: float) -> bool:
+    def ready(self, now: float, free_since: float, max_wait_s: float) -> bool:
+        """Every member's call is here, or the oldest has waited `max_wait_s` since the scheduler was free
+        (calls that came during a forward still wait for the rest: otherwise a lane splits for good into
+        two groups that alternate)."""
         if not self.pending:
             return False
         complete = len(self.pending) >= min(self.members, self.max_batch)
-        return complete or now - self.first_at >= max_wait_s
+        return complete or now - max(self.first_at, free_since) >= max_wait_s
 
     def take(self) -> list[_Call]:
         batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch :]
@@ -97,7 +102,10 @@ class Member:
             self.ticket.check()
             session.advance(enc)
             return
+        step = len(enc) - len(session) == 1
         self.scheduler._call(self, self.scheduler.mllm, (session, enc))
+        if not step:  # after a prompt or an image block the next call may be anything: wait for none
+            self.scheduler._move(self, None)
 
     def dit_forward(self, samples: list, texts: list) -> list:
         return self.scheduler._call(self, self.scheduler.dit, (samples, texts))
@@ -177,6 +185,7 @@ class Scheduler:
     def _take(self) -> tuple[list[_Call], list[_Call]] | None:
         """Wait until a lane is ready; take its calls (and the other lane's, if it is ready too)."""
         lanes = (self.mllm, self.dit)
+        free_since = time.monotonic()
         with self._cond:
             while True:
                 if self._closed:
@@ -186,10 +195,12 @@ class Scheduler:
                         lane.pending = []
                     return None
                 now = time.monotonic()
-                ready = [lane.ready(now, self.max_wait_s) for lane in lanes]
+                ready = [lane.ready(now, free_since, self.max_wait_s) for lane in lanes]
                 if any(ready):
                     return tuple(lane.take() if r else [] for lane, r in zip(lanes, ready, strict=True))
-                waits = [lane.first_at + self.max_wait_s - now for lane in lanes if lane.pending]
+                waits = [
+                    max(lane.first_at, free_since) + self.max_wait_s - now for lane in lanes if lane.pending
+                ]
                 self._cond.wait(max(0.0, min(waits)) if waits else None)
 
     def _loop(self) -> None:
