@@ -162,7 +162,7 @@ def sample_latent(
 
     CFG runs when a negative is given and guidance is non-zero, only for sigmas inside `cfg.cfg_interval`;
     positive and negative go through the DiT as two samples of one pack. `forward` replaces the plain
-    `run_dit` (a server's batcher packs several requests' steps into one forward).
+    `run_dit` (a server's scheduler packs several requests' steps into one forward).
     """
     forward = forward or (lambda samples, texts: run_dit(dit, samples, texts))
     ph, pw = dit.config.patch_size[1:]

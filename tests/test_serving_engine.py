@@ -238,3 +238,24 @@ def test_the_doctor_serving_figure_measures_batched_requests(pair):
     assert figure["decode_batch_1"] == 1.0 and figure["decode_batch_4"] > 2
     for n in (1, 4):
         assert figure[f"decode_tokens_per_s_{n}"] > 0 and figure[f"images_per_s_{n}"] > 0
+
+
+def test_prompts_and_image_blocks_batch_with_chunks_of_similar_length():
+    """Decode steps go together; longer chunks are grouped so that padding stays within half the tokens."""
+    from duogen.components.serving.batching import _Call, _groups
+
+    def call(new_tokens):
+        return _Call((_Fed(10), range(10 + new_tokens)), Ticket())
+
+    calls = [call(n) for n in (30, 1, 100, 5, 1, 32)]
+    assert [[len(c.args[1]) - 10 for c in g] for g in _groups(calls)] == [[1, 1], [5], [30, 32], [100]]
+
+
+class _Fed:
+    """Stands for a session that has run `n` tokens (all `_groups` asks of it)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
