@@ -57,9 +57,8 @@ def test_batched_requests_get_the_pictures_they_would_get_alone(pair):
     finally:
         batched.close()
         alone.close()
-    # batching really happened: fewer DiT forwards than request steps, fewer MLLM forwards than calls
+    # batching really happened: fewer DiT forwards than request steps
     assert batched.scheduler.dit_forwards < batched.scheduler.dit_steps
-    assert batched.scheduler.mllm_forwards < batched.scheduler.mllm_calls
     assert alone.scheduler.dit_forwards == alone.scheduler.dit_steps
     assert alone.scheduler.mllm_calls == 0  # each worker ran its own MLLM forwards
     for a, b in zip(together, separate, strict=True):
