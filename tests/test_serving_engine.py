@@ -5,6 +5,7 @@ work, and a cancelled request stops drawing."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 
@@ -258,3 +259,23 @@ class _Fed:
 
     def __len__(self) -> int:
         return self.n
+
+
+def test_an_uncached_request_runs_beside_batched_ones(pair):
+    """The reference loop (`use_cache=False`, the whole sequence every token) cannot share a padded cache:
+    it runs its own forwards while a cached request decodes through the scheduler, and both write what
+    they write alone."""
+    engine = GenerationEngine(pair, EngineSettings(max_running=4, max_wait_s=0.05))
+    conversation = [{"role": "user", "content": "why"}]
+    cached = GenerationOptions(max_new_tokens=12, max_images=0)
+    uncached = dataclasses.replace(cached, use_cache=False)
+
+    async def both():
+        return await asyncio.gather(*(collect(engine.stream(conversation, o)) for o in (cached, uncached)))
+
+    try:
+        a, b = asyncio.run(both())
+        assert a.text == b.text and a.finished.usage.new_tokens == 12
+        assert engine.scheduler.decode_steps == 12  # only the cached request's steps went through it
+    finally:
+        engine.close()

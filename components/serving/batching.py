@@ -97,7 +97,7 @@ class Member:
         self.lane: _Lane | None = None
 
     def mllm_advance(self, session: MLLMSession, enc) -> None:
-        if not self.scheduler.decode_batching:
+        if not self.scheduler.decode_batching or not session.use_cache:  # the uncached reference runs alone
             self.scheduler._move(self, None)
             self.ticket.check()
             session.advance(enc)
@@ -142,14 +142,19 @@ class Scheduler:
 
     def _move(self, member: Member, lane: _Lane | None) -> None:
         with self._cond:
-            if member.lane is lane:
-                return
-            if member.lane is not None:
-                member.lane.members -= 1
-            if lane is not None:
-                lane.members += 1
-            member.lane = lane
+            self._enter(member, lane)
             self._cond.notify_all()
+
+    @staticmethod
+    def _enter(member: Member, lane: _Lane | None) -> None:
+        """Move `member` to `lane` (None: no lane); the caller holds the lock."""
+        if member.lane is lane:
+            return
+        if member.lane is not None:
+            member.lane.members -= 1
+        if lane is not None:
+            lane.members += 1
+        member.lane = lane
 
     def _call(self, member: Member, lane: _Lane, args: tuple):
         member.ticket.check()
@@ -157,11 +162,7 @@ class Scheduler:
         with self._cond:
             if self._closed:
                 raise Cancelled("the server is shutting down")
-            if member.lane is not lane:
-                if member.lane is not None:
-                    member.lane.members -= 1
-                lane.members += 1
-                member.lane = lane
+            self._enter(member, lane)
             if not lane.pending:
                 lane.first_at = time.monotonic()
             lane.pending.append(call)
