@@ -10,8 +10,9 @@ one request alone; a session's own cache is cut out of it only when the group ch
 starts a picture, ends) or the session runs alone.
 
 The padded layout was chosen by measurement over re-padding every step (README, "Serving"); a paged or
-ragged layout (FlexAttention) would also drop the padded slots' compute, at the price of a custom kernel
-path that runs on CPU only through the slow eager fallback.
+ragged layout (FlexAttention) would also drop the padded slots' compute. On CUDA in bf16 (untested here: no
+GPU) a batched row and the same request alone round differently (other kernel shapes), so a greedy answer
+may part from its alone twin where two tokens' logits are within rounding; in float32 they agree.
 """
 
 from __future__ import annotations
