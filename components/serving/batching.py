@@ -68,8 +68,8 @@ class _Call:
 class _Lane:
     """The calls of one kind waiting for the next tick, and how many requests may still send one."""
 
-    def __init__(self, name: str, max_batch: int) -> None:
-        self.name, self.max_batch = name, max(1, max_batch)
+    def __init__(self, max_batch: int) -> None:
+        self.max_batch = max(1, max_batch)
         self.pending: list[_Call] = []
         self.members = 0  # running requests whose last call went to this lane
         self.first_at = 0.0  # when the oldest waiting call arrived
@@ -126,7 +126,7 @@ class Scheduler:
         self.dit_model = dit
         self.decode_batching = decode_batching
         self.max_wait_s = max_wait_s
-        self.mllm, self.dit = _Lane("mllm", mllm_batch), _Lane("dit", dit_batch)
+        self.mllm, self.dit = _Lane(mllm_batch), _Lane(dit_batch)
         self._cond = threading.Condition()
         self._closed = False
         # counters: forwards run, and request calls they served

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import torch
+
 from duogen.model.generate import GenerationOptions
 from duogen.model.pair import DuoGenPair
 
@@ -50,6 +52,15 @@ def measure_serving(
         finally:
             engine.close()
     return result
+
+
+def run_serving_check(quick: bool = False, log=lambda message: None) -> dict:
+    """`measure_serving` with the production pair (random weights, bf16) on this node's GPU."""
+    from duogen.model.presets import production
+
+    torch.cuda.empty_cache()
+    pair = DuoGenPair.build(production(), device=torch.device("cuda"), dtype=torch.bfloat16)
+    return measure_serving(pair, text_tokens=16 if quick else 64, steps=4 if quick else 20, log=log)
 
 
 def _run(engine: GenerationEngine, n: int, options: GenerationOptions, images: bool = False):

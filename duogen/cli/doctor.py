@@ -26,23 +26,11 @@ def cmd_gpu(args: argparse.Namespace) -> int:
         print(f"duogen doctor gpu: {err}", file=sys.stderr)
         return 2
     if not args.no_serving:
-        result["serving"] = serving_figure(quick=args.quick, log=log)
+        from duogen.components.serving.load_check import run_serving_check
+
+        result["serving"] = run_serving_check(quick=args.quick, log=log)
     print(json.dumps(result))
     return 0
-
-
-def serving_figure(quick: bool, log) -> dict:
-    """The production pair (random weights, bf16) behind the serving engine on this GPU. Untested on a GPU
-    so far: the same measurement runs on CPU with the tiny preset in the tests."""
-    import torch
-
-    from duogen.components.serving.load_check import measure_serving
-    from duogen.model.pair import DuoGenPair
-    from duogen.model.presets import production
-
-    torch.cuda.empty_cache()
-    pair = DuoGenPair.build(production(), device=torch.device("cuda"), dtype=torch.bfloat16)
-    return measure_serving(pair, text_tokens=16 if quick else 64, steps=4 if quick else 20, log=log)
 
 
 def add_doctor(sub) -> None:
