@@ -72,9 +72,9 @@ class SharedCache:
 def advance_together(sessions: list[MLLMSession], encs: list[EncodedConversation]) -> None:
     """Run several sessions' unseen tokens in one forward; each ends as if it had advanced alone."""
     work = [(s, c) for s, e in zip(sessions, encs, strict=True) if (c := s.chunk(e)) is not None]
-    if len(work) <= 1:
-        for s, _ in work:
-            s.advance(encs[sessions.index(s)])
+    if len(work) <= 1:  # alone: its own cache, no mask
+        for s, e in zip(sessions, encs, strict=True):
+            s.advance(e)
         return
     if not all(s.use_cache for s, _ in work):
         raise ValueError("only cached sessions run together")
@@ -96,10 +96,8 @@ def advance_together(sessions: list[MLLMSession], encs: list[EncodedConversation
     new = (causal[None] & real[:, None, :] & real[:, :, None]) | (
         ~real[:, :, None] & torch.eye(n_max, dtype=torch.bool, device=dev)[None]
     )  # a padded query sees itself only (no empty softmax row)
+    # boolean, for SDPA (the attention the MLLM is built with); transformers passes a 4-D mask through as is
     mask = torch.cat([past, new], dim=2)[:, None]  # [B, 1, n_max, slots + n_max]
-    if model.config.get_text_config()._attn_implementation != "sdpa":
-        dtype = next(model.parameters()).dtype
-        mask = torch.zeros(mask.shape, dtype=dtype, device=dev).masked_fill(~mask, torch.finfo(dtype).min)
     out = forward_chunks(model, chunks, shared.cache, mask, True)
     shared.valid = torch.cat([shared.valid, real], dim=1)
     layers = torch.stack(out.hidden_states[1:])  # [L, B, n_max, H]

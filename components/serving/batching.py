@@ -102,7 +102,7 @@ class Member:
             self.ticket.check()
             session.advance(enc)
             return
-        step = len(enc) - len(session) == 1
+        step = _new_tokens(session, enc) == 1
         self.scheduler._call(self, self.scheduler.mllm, (session, enc))
         if not step:  # after a prompt or an image block the next call may be anything: wait for none
             self.scheduler._move(self, None)
@@ -235,7 +235,7 @@ class Scheduler:
             call.finish(result)
 
     def _advance(self, calls: list[_Call]) -> list[None]:
-        decode = all(_new_tokens(c) == 1 for c in calls)
+        decode = all(_call_tokens(c) == 1 for c in calls)
         advance_together([c.args[0] for c in calls], [c.args[1] for c in calls])
         self.mllm_forwards += 1
         self.mllm_calls += len(calls)
@@ -259,20 +259,24 @@ class Scheduler:
         return results
 
 
-def _new_tokens(call: _Call) -> int:
-    session, enc = call.args
+def _new_tokens(session: MLLMSession, enc) -> int:
+    """Tokens of `enc` the session has not run yet."""
     return len(enc) - len(session)
+
+
+def _call_tokens(call: _Call) -> int:
+    return _new_tokens(*call.args)
 
 
 def _groups(calls: list[_Call], waste: float = 0.5) -> list[list[_Call]]:
     """MLLM calls in forwards: one-token steps all together; longer chunks (prompts, image blocks) grouped
     by length so that padding adds at most `waste` of the real tokens to a group."""
-    steps = [c for c in calls if _new_tokens(c) <= 1]
+    steps = [c for c in calls if _call_tokens(c) <= 1]
     groups = [steps] if steps else []
     group: list[_Call] = []
-    for call in sorted((c for c in calls if _new_tokens(c) > 1), key=_new_tokens):
-        widest = _new_tokens(call)
-        if group and widest * (len(group) + 1) > (1 + waste) * sum(map(_new_tokens, [*group, call])):
+    for call in sorted((c for c in calls if _call_tokens(c) > 1), key=_call_tokens):
+        widest = _call_tokens(call)
+        if group and widest * (len(group) + 1) > (1 + waste) * sum(map(_call_tokens, [*group, call])):
             groups.append(group)
             group = []
         group.append(call)
